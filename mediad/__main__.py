@@ -1,0 +1,3 @@
+from mediad.cli import app
+
+app()

@@ -1,0 +1,257 @@
+"""``mediad`` command line: parses arguments and calls the library, nothing more.
+
+User mistakes (:class:`~mediad.errors.MediADError`, invalid settings) print a message and
+exit with status 2; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mediad import __version__
+from mediad.errors import MediADError
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="mediad",
+    help="MediAD: CN / MCI / AD from a T1 MRI and a clinical record. Research use only.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(func: F) -> F:
+    """Turn user mistakes into a message and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MediADError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except ValidationError as exc:
+            lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                     for e in exc.errors()]
+            err.print("[bold red]error:[/] invalid settings\n" + "\n".join(lines),
+                      highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mediad {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """MediAD command line. Research use only; not for clinical decisions."""
+
+
+@app.command()
+@_friendly
+def simulate(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to create for the cohort.")],
+    n_subjects: Annotated[int, typer.Option(min=3, help="Number of subjects.")] = 200,
+    confounding: Annotated[float, typer.Option(min=0.0, max=1.0,
+                                               help="Site-diagnosis selection bias.")] = 0.8,
+    shift: Annotated[str, typer.Option(help="none, removed or reversed (S-D and age-D "
+                                       "links).")] = "none",
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    spacing: Annotated[float, typer.Option(help="Output voxel size, mm.")] = 3.0,
+    shape: Annotated[str | None, typer.Option(help="Output grid, e.g. 64,64,64 "
+                                              "(default: brain + margin).")] = None,
+    missing_rate: Annotated[float, typer.Option(help="Share of optional fields left "
+                                                "unrecorded.")] = 0.05,
+    workers: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Draw a synthetic confounded cohort (volumes, records, manifest, ground truth, card)."""
+    from mediad.simulate import SimulationConfig, simulate_cohort
+
+    cfg = SimulationConfig(n_subjects=n_subjects, confounding=confounding, shift=shift,
+                           seed=seed, spacing=spacing, shape=_parse_shape(shape),
+                           missing_rate=missing_rate, workers=workers)
+    with _progress("simulating") as update:
+        folder = simulate_cohort(cfg, out_dir, overwrite=overwrite, progress=update)
+    _print_cohort(folder)
+
+
+def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        parts = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 8:
+        raise MediADError(f"--shape {text!r}: expected three sizes of at least 8, e.g. 64,64,64")
+    return parts  # type: ignore[return-value]
+
+
+def _print_cohort(folder: Path) -> None:
+    card = json.loads((folder / "dataset_card.json").read_text(encoding="utf-8"))
+    counts = ", ".join(f"{k} {v}" for k, v in card["diagnosis_counts"].items())
+    accs = card["balanced_accuracy"]
+    out.print(f"[bold]Cohort[/] {folder}")
+    out.print(f"  {card['n_subjects']} subjects ({counts}); "
+              f"confounding {card['config']['confounding']}, shift {card['config']['shift']}")
+    out.print(f"  site-diagnosis NMI {card['nmi_site_diagnosis']:.3f}; balanced accuracy of "
+              "ground-truth variables (5-fold CV):")
+    for name, value in accs.items():
+        out.print(f"    {name:<48} {value:.2f}", highlight=False)
+    out.print(f"  manifest {folder / 'manifest.csv'}\n  records  {folder / 'records.csv'}\n"
+              f"  card     {folder / 'dataset_card.md'}")
+
+
+@app.command()
+@_friendly
+def validate(
+    path: Annotated[Path, typer.Argument(help="Cohort folder, manifest/records CSV or JSON, "
+                                         "or a NIfTI file.")],
+    quick: Annotated[bool, typer.Option(help="Read MRI headers only (skip voxel "
+                                        "checks).")] = False,
+    encoding: Annotated[str, typer.Option(help="Text encoding of tables.")] = "utf-8",
+    show_mapping: Annotated[bool, typer.Option(help="List which source value became which "
+                                               "internal value.")] = False,
+) -> None:
+    """Check inputs like a linter: every problem at once; exit status 1 if any is found."""
+    from mediad.validate import validate_path
+
+    with _progress("checking MRIs") as update:
+        report = validate_path(path, check_voxels=not quick, encoding=encoding, progress=update)
+    for issue in report.issues:
+        if issue.severity == "info":
+            err.print(f"[blue]info:[/] {issue.message}", highlight=False)
+    colour = {"error": "red", "warning": "yellow"}
+    for issue in report.issues:
+        if issue.severity != "info":
+            out.print(f"[{colour[issue.severity]}]{issue.severity}[/]: {issue.location()}: "
+                      f"{issue.message}", highlight=False, soft_wrap=True)
+    if show_mapping and report.translations:
+        out.print("[bold]Mapped values[/]")
+        for line in report.translations:
+            out.print(f"  {line}", highlight=False)
+    vocab = f", {report.vocabulary} columns" if report.vocabulary else ""
+    summary = (f"{path}: {report.kind}{vocab}, {report.n_rows} row(s), {report.n_images} "
+               f"MRI(s) checked: {len(report.errors)} error(s), {len(report.warnings)} "
+               "warning(s)")
+    if report.ok:
+        out.print(f"[green]OK[/] {summary}", highlight=False, soft_wrap=True)
+        return
+    out.print(f"[red]FAILED[/] {summary}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
+def split(
+    manifest: Annotated[Path, typer.Argument(help="Manifest or records table.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Splits JSON to write.")] = Path(
+        "splits.json"),
+    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.15,
+    test_fraction: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.15,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Split subjects (never visits) into train/val/test, stratified by diagnosis."""
+    from mediad.data import SplitConfig, make_splits
+    from mediad.records import load_records
+
+    table = load_records(manifest)
+    splits = make_splits(table.rows, SplitConfig(val_fraction=val_fraction,
+                                                 test_fraction=test_fraction, seed=seed))
+    splits.save(out_file)
+    out.print(f"{out_file}: train {len(splits.train)}, val {len(splits.val)}, "
+              f"test {len(splits.test)} subjects")
+
+
+@app.command()
+@_friendly
+def schemas(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the JSON Schema "
+                                          "files.")] = Path("data_schemas"),
+    check: Annotated[bool, typer.Option(help="Only check that the files are up to "
+                                        "date.")] = False,
+) -> None:
+    """Write (or check) the JSON Schema files of the record models."""
+    from mediad.records import json_schemas
+
+    stale = []
+    for name, text in json_schemas().items():
+        target = out_dir / name
+        current = target.read_text(encoding="utf-8") if target.is_file() else None
+        if current == text:
+            continue
+        stale.append(name)
+        if not check:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(target)
+    if check and stale:
+        raise MediADError(f"out of date in {out_dir}: {', '.join(stale)}; run "
+                          "`mediad schemas` to regenerate")
+    out.print(f"{out_dir}: " + ("updated " + ", ".join(stale) if stale else "up to date"))
+
+
+@app.command()
+@_friendly
+def demo(
+    data_dir: Annotated[Path | None, typer.Option(help="Where to keep demo data "
+                                                  "(default $MEDIAD_DATA_DIR or "
+                                                  "./mediad-data).")] = None,
+) -> None:
+    """Build the demo cohort (first time only), validate it and say what it holds."""
+    from mediad.demo import ensure_demo_cohort
+    from mediad.validate import validate_path
+
+    out.print("[bold]MediAD[/] demo — research use only, not for clinical decisions.")
+    with _progress("building the demo cohort") as update:
+        folder, built = ensure_demo_cohort(data_dir, progress=update)
+    out.print(("Built" if built else "Reusing") + f" the demo cohort in {folder}")
+    with _progress("validating") as update:
+        report = validate_path(folder, progress=update)
+    if not report.ok:
+        for issue in report.errors[:20]:
+            err.print(str(issue), highlight=False)
+        raise MediADError(f"the demo cohort in {folder} failed validation; delete the folder "
+                          "and run again")
+    out.print(f"[green]Valid:[/] {report.n_rows} subjects, {report.n_images} MRIs checked.")
+    _print_cohort(folder)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
