@@ -132,7 +132,8 @@ def _print_cohort(folder: Path) -> None:
     out.print(f"  site-diagnosis NMI {card['nmi_site_diagnosis']:.3f}; balanced accuracy of "
               "ground-truth variables (5-fold CV):")
     for name, value in accs.items():
-        out.print(f"    {name:<48} {value:.2f}", highlight=False)
+        shown = "n/a (too few subjects)" if value is None else f"{value:.2f}"
+        out.print(f"    {name:<48} {shown}", highlight=False)
     out.print(f"  manifest {folder / 'manifest.csv'}\n  records  {folder / 'records.csv'}\n"
               f"  card     {folder / 'dataset_card.md'}")
 

@@ -180,7 +180,7 @@ def _diagnose(path: Path, exc: BaseException) -> str:
         return "the file is empty"
     head = path.read_bytes()[:4]
     if head[:2] == b"\x1f\x8b":
-        if isinstance(exc, EOFError | zlib.error | gzip.BadGzipFile) or "compress" in str(exc):
+        if isinstance(exc, OSError | EOFError | zlib.error) or "compress" in str(exc):
             return "the gzip data is truncated or corrupt (was the download or copy complete?)"
     elif path.name.lower().endswith(".gz"):
         return "is named .gz but is not gzip-compressed"
@@ -201,6 +201,20 @@ def _check_path(path: str | Path) -> Path:
     return p
 
 
+def _verify_gzip(path: Path) -> None:
+    """Decompress to the end so the gzip CRC is checked.
+
+    nibabel stops reading once it has the voxels it needs, so a corrupted (not truncated)
+    stream can otherwise decode silently into a wrong image.
+    """
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ImageError(path, _diagnose(path, exc)) from None
+
+
 def load_volume(path: str | Path, config: ImagingConfig | None = None,
                 transforms: Compose | None = None) -> torch.Tensor:
     """Load one MRI through the ingest pipeline.
@@ -217,6 +231,8 @@ def load_volume(path: str | Path, config: ImagingConfig | None = None,
         ImageError: the file is missing, not NIfTI, damaged, or not a usable 3D volume.
     """
     p = _check_path(path)
+    if p.name.lower().endswith(".gz"):
+        _verify_gzip(p)
     pipeline = transforms or build_transforms(config)
     try:
         return pipeline({"image": str(p)})["image"]
@@ -262,6 +278,8 @@ def inspect_volume(path: str | Path, check_voxels: bool = True) -> VolumeInfo:
         ImageError: as :func:`load_volume`.
     """
     p = _check_path(path)
+    if check_voxels and p.name.lower().endswith(".gz"):
+        _verify_gzip(p)
     try:
         img = nib.load(str(p))
         info = VolumeInfo(

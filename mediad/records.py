@@ -550,6 +550,14 @@ def map_table(raw: RawTable, vocabulary: str | None = None) -> RecordTable:
                                     f"{'/'.join(vocab.subject_columns)})", base.file,
                                     base.line, None, "subject_id", ""))
         values["subject_id"] = subject or "?"
+        key = (str(subject), str(values.get("visit", "bl")))
+        if subject and key in seen:
+            first = seen[key]
+            row_issues.append(Issue(
+                "error", "duplicate subject-visit row (first seen "
+                + (f"at line {first})" if first else "earlier)"),
+                base.file, base.line, subject, "visit", key[1]))
+        seen.setdefault(key, line)
         try:
             row = ManifestRow(**values)
         except ValidationError as exc:
@@ -557,15 +565,6 @@ def map_table(raw: RawTable, vocabulary: str | None = None) -> RecordTable:
         if row_issues:
             issues.extend(row_issues)
             continue
-        key = (row.subject_id, row.visit)
-        if key in seen:
-            first = seen[key]
-            issues.append(Issue(
-                "error", "duplicate subject-visit row (first seen "
-                + (f"at line {first})" if first else "earlier)"),
-                base.file, base.line, row.subject_id, "visit", row.visit))
-            continue
-        seen[key] = line
         rows.append(row)
         lines.append(line)
     return RecordTable(raw.path, vocab.name, rows, lines, issues, translations, ignored)

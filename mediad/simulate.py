@@ -353,7 +353,7 @@ def _nmi(a: Any, b: Any) -> float:
     return float(normalized_mutual_info_score(a, b))
 
 
-def _cv_balanced_accuracy(x: np.ndarray, y: np.ndarray, seed: int) -> float:
+def _cv_balanced_accuracy(x: np.ndarray, y: np.ndarray, seed: int) -> float | None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -361,8 +361,8 @@ def _cv_balanced_accuracy(x: np.ndarray, y: np.ndarray, seed: int) -> float:
     from sklearn.preprocessing import StandardScaler
 
     folds = int(min(5, np.bincount(pd.factorize(y)[0]).min()))
-    if folds < 2:
-        return float("nan")
+    if folds < 2 or len(set(y)) < 2:
+        return None  # too few subjects per class to cross-validate
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     pred = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True,
                                                               random_state=seed))
@@ -389,11 +389,12 @@ def cohort_statistics(frame: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
         "means_by_diagnosis": {d: {k: (None if pd.isna(v) else float(v))
                                    for k, v in row.items()} for d, row in by_dx.iterrows()},
         "balanced_accuracy": {
-            "hippocampal_atrophy_only (oracle image signal)": round(
-                _cv_balanced_accuracy(causes, y, seed), 3),
-            "hippocampal_atrophy + age": round(_cv_balanced_accuracy(causes_all, y, seed), 3),
-            "site_only (shortcut)": round(_cv_balanced_accuracy(site, y, seed), 3),
-            "chance": round(1 / max(1, len(set(y))), 3),
+            name: (None if acc is None else round(acc, 3)) for name, acc in (
+                ("hippocampal atrophy only (oracle image signal)",
+                 _cv_balanced_accuracy(causes, y, seed)),
+                ("hippocampal atrophy + age", _cv_balanced_accuracy(causes_all, y, seed)),
+                ("site only (the shortcut)", _cv_balanced_accuracy(site, y, seed)),
+                ("chance", 1 / max(1, len(set(y)))))
         },
     }
 
@@ -408,7 +409,8 @@ def _card(cfg: SimulationConfig, stats: dict[str, Any], seconds: float) -> str:
     means = "\n".join(f"| {d} | " + " | ".join(f"{v:.3f}" if v is not None else "-"
                                                for v in row.values()) + " |"
                       for d, row in stats["means_by_diagnosis"].items())
-    accs = "\n".join(f"| {k} | {v:.3f} |" for k, v in stats["balanced_accuracy"].items())
+    accs = "\n".join(f"| {k} | {'n/a (too few subjects)' if v is None else f'{v:.3f}'} |"
+                     for k, v in stats["balanced_accuracy"].items())
     return f"""# MediAD synthetic cohort — dataset card
 
 **Synthetic data for research and software testing only. Not patient data; not for
