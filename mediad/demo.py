@@ -27,8 +27,7 @@ def _same_cohort(folder: Path, cfg: SimulationConfig) -> bool:
     except (OSError, ValueError):
         return False
     want = cfg.model_dump(mode="json", exclude={"workers"})
-    have = {k: v for k, v in card.get("config", {}).items() if k != "workers"}
-    return have == want and (folder / "manifest.csv").is_file()
+    return card.get("config") == want and (folder / "manifest.csv").is_file()
 
 
 def ensure_demo_cohort(root: Path | None = None,

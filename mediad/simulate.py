@@ -422,7 +422,7 @@ visit each; built in {seconds:.1f} s.
 
 ## Configuration
 ```yaml
-{yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=True).strip()}
+{yaml.safe_dump(cfg.model_dump(mode='json', exclude={'workers'})).strip()}
 ```
 
 ## Mechanisms
@@ -533,9 +533,10 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool 
         _write_tables(frame, work)
         stats = cohort_statistics(frame, cfg.seed)
         seconds = time.perf_counter() - started
-        (work / "simulation.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-        (work / "dataset_card.json").write_text(json.dumps(
-            {"config": cfg.model_dump(mode="json"), **stats}, indent=2))
+        data_cfg = cfg.model_dump(mode="json", exclude={"workers"})  # no effect on the data
+        (work / "simulation.yaml").write_text(yaml.safe_dump(data_cfg))
+        (work / "dataset_card.json").write_text(json.dumps({"config": data_cfg, **stats},
+                                                           indent=2))
         (work / "dataset_card.md").write_text(_card(cfg, stats, seconds), encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
