@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mediad import __version__
@@ -43,13 +44,13 @@ def _friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except MediADError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ValidationError as exc:
             lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
                      for e in exc.errors()]
             err.print("[bold red]error:[/] invalid settings\n" + "\n".join(lines),
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -156,12 +157,13 @@ def validate(
         report = validate_path(path, check_voxels=not quick, encoding=encoding, progress=update)
     for issue in report.issues:
         if issue.severity == "info":
-            err.print(f"[blue]info:[/] {issue.message}", highlight=False)
+            err.print(f"[blue]info:[/] {escape(issue.message)}", highlight=False)
     colour = {"error": "red", "warning": "yellow"}
     for issue in report.issues:
         if issue.severity != "info":
-            out.print(f"[{colour[issue.severity]}]{issue.severity}[/]: {issue.location()}: "
-                      f"{issue.message}", highlight=False, soft_wrap=True)
+            out.print(f"[{colour[issue.severity]}]{issue.severity}[/]: "
+                      + escape(f"{issue.location()}: {issue.message}"), highlight=False,
+                      soft_wrap=True)
     if show_mapping and report.translations:
         out.print("[bold]Mapped values[/]")
         for line in report.translations:

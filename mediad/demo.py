@@ -13,7 +13,7 @@ __all__ = ["DEMO_COHORT", "data_dir", "ensure_demo_cohort"]
 
 #: The demo cohort: confounded like a real multi-site study (site predicts diagnosis).
 DEMO_COHORT = SimulationConfig(n_subjects=200, confounding=0.8, shift="none", seed=2026,
-                               spacing=3.0, workers=min(2, os.cpu_count() or 1))
+                               spacing=3.0, workers=1)
 
 
 def data_dir() -> Path:

@@ -20,6 +20,7 @@ drawn and how well the causes (and the site alone) predict the diagnosis.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -343,6 +344,16 @@ def _render_task(args: tuple[dict[str, Any], int, str, float, Any, bool]) -> str
     return path
 
 
+def _init_worker() -> None:
+    """One BLAS/OpenMP thread per worker (workers x threads > cores thrashes), template ready."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    torch.set_num_threads(1)
+    _template()
+
+
 # ---------------------------------------------------------------------------------------
 # The cohort on disk
 
@@ -520,7 +531,10 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool 
                   cfg.site_storage)
                  for row, seed, r in zip(frame.itertuples(index=False), seeds, rel, strict=True)]
         if cfg.workers > 1:
-            with ProcessPoolExecutor(cfg.workers) as pool:
+            # spawn, not fork: forking a process whose OpenMP runtime has started can hang
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(cfg.workers, mp_context=ctx,
+                                     initializer=_init_worker) as pool:
                 for i, _ in enumerate(pool.map(_render_task, tasks, chunksize=4)):
                     if progress:
                         progress(i + 1, len(tasks))

@@ -1,0 +1,103 @@
+"""The command line as a user meets it: exit codes and messages, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mediad import demo
+from mediad.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_simulate_validate_split(tmp_path: Path) -> None:
+    code, output = run("simulate", tmp_path / "c", "--n-subjects", 6, "--spacing", 8,
+                       "--seed", 1)
+    assert code == 0 and "6 subjects" in output and "NMI" in output
+    code, output = run("validate", tmp_path / "c")
+    assert code == 0 and "OK" in output and "6 MRI(s) checked: 0 error(s)" in output
+    code, output = run("split", tmp_path / "c" / "manifest.csv", "--out", tmp_path / "s.json")
+    assert code == 0 and json.loads((tmp_path / "s.json").read_text())["train"]
+
+
+def test_user_mistakes_exit_2_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x").write_text("keep me")
+    code, output = run("simulate", tmp_path / "c", "--n-subjects", 3)
+    assert code == 2 and "already exists and is not empty" in output
+    assert (tmp_path / "c" / "x").read_text() == "keep me"  # nothing lost
+    code, output = run("simulate", tmp_path / "d", "--shape", "64,64")
+    assert code == 2 and "expected three sizes" in output
+    code, output = run("simulate", tmp_path / "d", "--shift", "sideways")
+    assert code == 2 and "shift" in output and "sideways" in output
+    code, output = run("simulate", tmp_path / "d", "--confounding", "2")
+    assert code == 2 and not (tmp_path / "d").exists()
+    code, output = run("split", tmp_path / "missing.csv")
+    assert code == 2 and "file not found" in output
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "the file is empty"),
+        ("subject_id,notes\nS1,caf\xe9\n".encode("latin-1"), "not utf-8 text"),
+        (b"subject_id,age,age\nS1,70,71\n", "appear more than once: 'age'"),
+        (b"subject_id,age,mmse\nS1,-3,45\nS1,70,20\n",
+         "age=-3.0: out of range; expected 18 to 110"),
+    ],
+)
+def test_validate_reports_bad_tables(tmp_path: Path, content: bytes, expected: str) -> None:
+    p = tmp_path / "records.csv"
+    p.write_bytes(content)
+    code, output = run("validate", p)
+    assert code == 1 and expected in output and "FAILED" in output
+
+
+def test_validate_lists_all_problems(tmp_path: Path) -> None:
+    p = tmp_path / "records.csv"
+    p.write_text("subject_id,age,mmse,EXTRA\nS1,-3,45,x\nS1,70,20,y\n")
+    code, output = run("validate", p)
+    assert code == 1
+    assert "age=-3.0" in output and "mmse=45.0" in output and "duplicate" in output
+    assert "3 error(s)" in output and "EXTRA" in output
+
+
+def test_schemas_are_up_to_date() -> None:
+    root = Path(__file__).resolve().parents[1]
+    code, output = run("schemas", "--check", "--out", root / "data_schemas")
+    assert code == 0, output
+
+
+def test_schema_drift_is_detected(tmp_path: Path) -> None:
+    code, _ = run("schemas", "--out", tmp_path)
+    assert code == 0
+    target = tmp_path / "clinical_record.schema.json"
+    target.write_text(target.read_text().replace('"maximum": 30', '"maximum": 31'))
+    code, output = run("schemas", "--check", "--out", tmp_path)
+    assert code == 2 and "clinical_record.schema.json" in output
+
+
+def test_demo_builds_once_then_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small = demo.DEMO_COHORT.model_copy(update={"n_subjects": 5, "spacing": 8.0})
+    monkeypatch.setattr(demo, "DEMO_COHORT", small)
+    code, output = run("demo", "--data-dir", tmp_path)
+    assert code == 0 and "Built the demo cohort" in output and "research use only" in output
+    code, output = run("demo", "--data-dir", tmp_path)
+    assert code == 0 and "Reusing the demo cohort" in output and "Valid: 5 subjects" in output
+
+
+def test_version() -> None:
+    code, output = run("--version")
+    assert code == 0 and output.startswith("mediad ")
