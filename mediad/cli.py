@@ -31,8 +31,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # long paths and messages stay on one line (grep-able)
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -44,13 +44,13 @@ def _friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except MediADError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
         except ValidationError as exc:
             lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
                      for e in exc.errors()]
             err.print("[bold red]error:[/] invalid settings\n" + "\n".join(lines),
-                      highlight=False, soft_wrap=True)
+                      highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -162,8 +162,7 @@ def validate(
     for issue in report.issues:
         if issue.severity != "info":
             out.print(f"[{colour[issue.severity]}]{issue.severity}[/]: "
-                      + escape(f"{issue.location()}: {issue.message}"), highlight=False,
-                      soft_wrap=True)
+                      + escape(f"{issue.location()}: {issue.message}"), highlight=False)
     if show_mapping and report.translations:
         out.print("[bold]Mapped values[/]")
         for line in report.translations:
@@ -173,9 +172,9 @@ def validate(
                f"MRI(s) checked: {len(report.errors)} error(s), {len(report.warnings)} "
                "warning(s)")
     if report.ok:
-        out.print(f"[green]OK[/] {summary}", highlight=False, soft_wrap=True)
+        out.print(f"[green]OK[/] {summary}", highlight=False)
         return
-    out.print(f"[red]FAILED[/] {summary}", highlight=False, soft_wrap=True)
+    out.print(f"[red]FAILED[/] {summary}", highlight=False)
     raise typer.Exit(1)
 
 
@@ -228,6 +227,64 @@ def schemas(
         raise MediADError(f"out of date in {out_dir}: {', '.join(stale)}; run "
                           "`mediad schemas` to regenerate")
     out.print(f"{out_dir}: " + ("updated " + ", ".join(stale) if stale else "up to date"))
+
+
+@app.command()
+@_friendly
+def summarize(
+    path: Annotated[Path, typer.Argument(help="Manifest, records table or one JSON record.")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="JSON-lines file to write "
+                                                  "(resumable). Without it, summaries "
+                                                  "are printed.")] = None,
+    backend: Annotated[str, typer.Option(help="template, local, transformers or "
+                                         "openai.")] = "local",
+    model: Annotated[str | None, typer.Option(help="Local model id, HF folder or remote "
+                                              "model name.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API "
+                                             "key.")] = "OPENAI_API_KEY",
+    exclude: Annotated[str, typer.Option(help="Comma-separated fields to leave out, e.g. "
+                                         "mmse,cdr_sb.")] = "",
+    max_attempts: Annotated[int, typer.Option(min=1, max=10)] = 3,
+    cache_dir: Annotated[Path | None, typer.Option(help="Summary cache (default "
+                                                   "<data dir>/cache/summaries).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the "
+                                           "cache.")] = False,
+    encoding: Annotated[str, typer.Option()] = "utf-8",
+) -> None:
+    """Turn clinical records into verified, templated summaries (never the diagnosis)."""
+    from mediad.demo import data_dir
+    from mediad.records import load_records
+    from mediad.summarize import Summarizer, SummaryConfig, summarize_records
+
+    config = SummaryConfig(
+        backend=backend, model=model, base_url=base_url, api_key_env=api_key_env,
+        exclude=[f.strip() for f in exclude.split(",") if f.strip()],
+        max_attempts=max_attempts,
+        cache_dir=None if no_cache else (cache_dir or data_dir() / "cache" / "summaries"))
+    records = load_records(path, encoding=encoding).records()
+    summarizer = Summarizer(config)
+    err.print(f"backend {summarizer.backend}, model {summarizer.model_id}, template "
+              f"{summarizer.template.version}; left out: {', '.join(summarizer.left_out) or '-'}",
+              highlight=False)
+    if out_file is None:
+        for record in records:
+            summary = summarizer.summarize(record)
+            prov = summary.provenance
+            out.print(summary.text, highlight=False, markup=False)
+            out.print(f"[dim]source {prov.source}; sections {prov.section_sources}[/]",
+                      highlight=False)
+            for reason in prov.fallback_reasons:
+                out.print(f"[dim]  fallback: {escape(reason)}[/]", highlight=False)
+        return
+    with _progress("summarising") as update:
+        result = summarize_records(records, summarizer, out_file, progress=update)
+    rate = result.section_acceptance
+    out.print(f"{out_file}: {result.total} summaries ({result.done_before} from an earlier "
+              f"run, {result.written} now, {result.cached} from the cache); sources "
+              f"{dict(result.sources)}; LLM sections accepted "
+              + ("n/a" if rate is None else f"{result.llm_sections_accepted}/"
+                 f"{result.llm_sections} ({rate:.0%})"), highlight=False)
 
 
 @app.command()

@@ -101,3 +101,23 @@ def test_demo_builds_once_then_reuses(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_version() -> None:
     code, output = run("--version")
     assert code == 0 and output.startswith("mediad ")
+
+
+def test_summarize_batch_resumes_and_prints(tmp_path: Path, tiny_cohort: Path) -> None:
+    out = tmp_path / "s.jsonl"
+    args = ("summarize", tiny_cohort / "manifest.csv", "--out", out, "--backend", "template",
+            "--cache-dir", tmp_path / "cache")
+    code, output = run(*args)
+    assert code == 0 and "24 summaries (0 from an earlier run, 24 now, 0 from the cache)" in output
+    out.unlink()
+    code, output = run(*args)
+    assert code == 0 and "24 from the cache" in output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 24 and all("Demographics:" in r["summary"] for r in rows)
+    record = tmp_path / "r.json"
+    record.write_text('{"subject_id": "X", "age": 70, "sex": "male", "mmse": 45}')
+    code, output = run("summarize", record, "--backend", "template")
+    assert code == 2 and "mmse=45.0: out of range" in output
+    record.write_text('{"subject_id": "X", "age": 70, "sex": "male"}')
+    code, output = run("summarize", record, "--backend", "template", "--exclude", "mmse")
+    assert code == 0 and "Age 70 years; male;" in output and "MMSE" not in output
