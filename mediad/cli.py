@@ -287,6 +287,58 @@ def summarize(
                  f"{result.llm_sections} ({rate:.0%})"), highlight=False)
 
 
+@app.command("train")
+@_friendly
+def train_cmd(
+    config: Annotated[Path, typer.Argument(help="Training YAML (see mediad/configs/demo.yaml)"
+                                           ".")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder.")],
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+) -> None:
+    """Train MediAD or a baseline (also under `torchrun --nproc_per_node N -m mediad train`)."""
+    from mediad.train import TrainConfig, train
+
+    result = train(TrainConfig.from_yaml(config), out_dir, resume=resume)
+    test = result.metrics.get("test", {})
+    out.print(f"{out_dir}: best epoch {result.best_epoch}; test balanced accuracy "
+              f"{test.get('balanced_accuracy', float('nan')):.3f} (n={test.get('n', 0)}); "
+              f"checkpoint {out_dir / 'best.pt'}")
+
+
+@app.command()
+@_friendly
+def predict(
+    checkpoint: Annotated[Path | None, typer.Option(help="best.pt of a run (default: the "
+                                                    "demo model).")] = None,
+    mri: Annotated[Path | None, typer.Option(help="T1 NIfTI (.nii / .nii.gz).")] = None,
+    record: Annotated[Path | None, typer.Option(help="One record: JSON or a one-row "
+                                                "CSV.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Also write the JSON "
+                                                  "here.")] = None,
+    task: Annotated[str | None, typer.Option(help="Refuse a checkpoint of another task "
+                                             "(cn_mci_ad or cn_ad).")] = None,
+) -> None:
+    """Predict one subject; prints JSON (probabilities, intervention off, inputs, summary)."""
+    from mediad.demo import data_dir
+    from mediad.predict import Predictor
+    from mediad.records import load_records
+
+    rec = None
+    if record is not None:
+        rows = load_records(record).records()
+        if len(rows) != 1:
+            raise MediADError(f"{record}: expected one record, found {len(rows)}")
+        rec = rows[0]
+    ck = checkpoint or data_dir() / "demo-model" / "best.pt"
+    result = Predictor(ck, task=task).predict(mri, rec)
+    text = result.model_dump_json(indent=2)
+    if out_file:
+        tmp = out_file.with_name(f".{out_file.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out_file)
+    out.print(text, highlight=False, markup=False)
+
+
 @app.command()
 @_friendly
 def demo(
@@ -311,6 +363,15 @@ def demo(
                           "and run again")
     out.print(f"[green]Valid:[/] {report.n_rows} subjects, {report.n_images} MRIs checked.")
     _print_cohort(folder)
+    from mediad.demo import ensure_demo_model
+
+    out.print("Demo model (MediAD, MRI + summary + record fields):")
+    best, built = ensure_demo_model(data_dir)
+    metrics = json.loads((best.parent / "metrics.json").read_text(encoding="utf-8"))
+    test = metrics.get("test", {})
+    out.print(f"  {'trained' if built else 'reusing'} {best}; in-distribution test balanced "
+              f"accuracy {test.get('balanced_accuracy', float('nan')):.3f} (n={test.get('n')}; "
+              "MMSE and CDR-SB among the inputs)")
 
 
 if __name__ == "__main__":  # pragma: no cover

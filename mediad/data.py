@@ -13,16 +13,25 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from monai.transforms import Compose, MapTransform
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mediad.errors import InputError, LeakageError
 from mediad.records import ClinicalRecord
 
-__all__ = ["SplitConfig", "Splits", "check_leakage", "make_splits"]
+__all__ = [
+    "MaybeImaged",
+    "SplitConfig",
+    "Splits",
+    "check_leakage",
+    "make_splits",
+    "scanner_augmentation",
+]
 
 
 class SplitConfig(BaseModel):
@@ -140,3 +149,55 @@ def check_leakage(train: Iterable[str], held_out: Iterable[str], held_out_name: 
             f"{len(overlap)} {held_out_name} subject(s) were seen in {seen_in}: {shown}. "
             "Splits must be by subject; remove them from one side or make new splits."
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Samples for the models: image path, text-section embeddings, tabular values, confounders
+
+
+class MaybeImaged(MapTransform):
+    """Run the ingest pipeline when a row has an MRI; otherwise a blank volume, flagged.
+
+    A missing modality is normal: the model sees ``has_image = 0`` and masks the tokens.
+    """
+
+    def __init__(self, pipeline: Callable[[dict], dict], shape: Sequence[int],
+                 key: str = "image") -> None:
+        super().__init__([key])
+        self.pipeline = pipeline
+        self.shape = tuple(shape)
+        self.key = key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        if d.get(self.key):
+            d = self.pipeline(d)
+            d["has_image"] = torch.tensor(1.0)
+        else:
+            d[self.key] = torch.zeros((1, *self.shape))
+            d["has_image"] = torch.tensor(0.0)
+        return d
+
+
+def scanner_augmentation(key: str = "image") -> Compose:
+    """Interventional augmentation: randomise the scanner (S -> image) during training.
+
+    Contrast, blur, bias field and noise are the mechanisms a site changes; drawing them at
+    random cuts their link to the label (an intervention on S), for any model variant.
+    """
+    from monai.transforms import (
+        RandAdjustContrastd,
+        RandBiasFieldd,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        ScaleIntensityd,
+    )
+
+    return Compose([
+        RandAdjustContrastd(key, prob=0.8, gamma=(0.6, 1.6)),
+        RandGaussianSmoothd(key, prob=0.5, sigma_x=(0.0, 1.0), sigma_y=(0.0, 1.0),
+                            sigma_z=(0.0, 1.0)),
+        RandBiasFieldd(key, prob=0.5, coeff_range=(0.0, 0.3)),
+        RandGaussianNoised(key, prob=0.5, std=0.04),
+        ScaleIntensityd(key, minv=0.0, maxv=1.0),
+    ])

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from mediad.simulate import SimulationConfig, simulate_cohort
 
-__all__ = ["DEMO_COHORT", "data_dir", "ensure_demo_cohort"]
+__all__ = ["DEMO_COHORT", "DEMO_CONFIG", "data_dir", "ensure_demo_cohort", "ensure_demo_model"]
+
+#: The demo model's training config (``data.manifest`` is relative to the data folder).
+DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
 
 #: The demo cohort: confounded like a real multi-site study (site predicts diagnosis).
 DEMO_COHORT = SimulationConfig(n_subjects=200, confounding=0.8, shift="none", seed=2026,
@@ -42,3 +45,29 @@ def ensure_demo_cohort(root: Path | None = None,
         return folder, False
     simulate_cohort(DEMO_COHORT, folder, overwrite=True, progress=progress)
     return folder, True
+
+
+def ensure_demo_model(root: Path | None = None, show_progress: bool = True
+                      ) -> tuple[Path, bool]:
+    """Train the demo model on the demo cohort unless a finished one is there.
+
+    Returns:
+        ``(best checkpoint, built)``.
+    """
+    from mediad.train import TrainConfig, train
+
+    root = root or data_dir()
+    folder = root / "demo-model"
+    best = folder / "best.pt"
+    if best.is_file() and (folder / "metrics.json").is_file():
+        return best, False
+    cohort, _ = ensure_demo_cohort(root)
+    config = TrainConfig.from_yaml(DEMO_CONFIG)
+    config = config.model_copy(update={"data": config.data.model_copy(update={
+        "manifest": cohort / "manifest.csv", "cache_dir": root / "cache"})})
+    if folder.exists():  # an interrupted earlier build: resume it
+        train(config, folder, resume=(folder / "last.pt").is_file(),
+              show_progress=show_progress)
+    else:
+        train(config, folder, show_progress=show_progress)
+    return best, True

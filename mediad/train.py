@@ -1,0 +1,588 @@
+"""Training engine: one entry point for a single process and for ``torchrun`` (DDP).
+
+``mediad train CONFIG --out DIR`` saves the YAML config, makes (or loads) subject-level
+splits, summarises and embeds the records once, caches the preprocessed MRIs (MONAI
+CacheDataset), trains with AdamW + cosine schedule, class weighting and early stopping on
+validation balanced accuracy, writes ``last.pt`` every epoch and ``best.pt`` at each
+improvement (atomically; rank 0 only), logs metrics per epoch, and ends with test metrics.
+Under ``torchrun --nproc_per_node N`` each rank takes every N-th sample of the same shuffled
+order (DistributedSampler), BatchNorm is synchronised, the front-door dictionary is
+re-clustered from features gathered from all ranks, and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mediad.causal import confounder_stratum
+from mediad.data import (
+    MaybeImaged,
+    SplitConfig,
+    Splits,
+    check_leakage,
+    make_splits,
+    scanner_augmentation,
+)
+from mediad.encoders import TextEmbedder, tabular_features
+from mediad.errors import InputError, MediADError
+from mediad.imaging import ImagingConfig, build_transforms
+from mediad.models import ModelConfig, MultimodalNet, TabularBaseline, build_model
+from mediad.records import ClinicalRecord, ManifestRow, load_manifest
+from mediad.summarize import Summarizer, SummaryConfig
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "TrainResult",
+    "build_samples",
+    "classification_metrics",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+]
+
+CHECKPOINT_FORMAT = "mediad-checkpoint/1"
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: Path
+    splits: Path | None = Field(None, description="Existing splits JSON; made when absent.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    imaging: ImagingConfig = Field(default_factory=ImagingConfig)
+    summary: SummaryConfig = Field(default_factory=lambda: SummaryConfig(backend="template"))
+    text_model: str = "all-minilm-l6-v2"
+    augment: bool = Field(False, description="Randomise scanner effects (interventional "
+                          "augmentation).")
+    cache_dir: Path | None = Field(None, description="Summaries / embeddings cache.")
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    patience: int = Field(6, ge=1, description="Epochs without validation improvement.")
+    class_weighting: bool = True
+    seed: int = Field(0, ge=0)
+
+
+class TrainConfig(BaseModel):
+    """Everything a run needs; saved beside every run as ``config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a config; relative paths are relative to the YAML file.
+
+        Raises:
+            InputError: missing file, bad YAML, unknown keys or invalid values (all named).
+        """
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise InputError(f"{p}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise InputError(f"{p}: not valid YAML ({exc})") from None
+        try:
+            config = cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors())
+            raise InputError(f"{p}: invalid config: {problems}") from None
+        data = config.data
+        resolve = {k: (p.parent / v) for k, v in (("manifest", data.manifest),
+                                                  ("splits", data.splits)) if v is not None
+                   and not Path(v).is_absolute()}
+        return config.model_copy(update={"data": data.model_copy(update=resolve)})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_epoch: int
+    metrics: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints: tensors, numbers, strings, lists and dicts only (weights_only=True loads)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]:
+    """Load a MediAD checkpoint safely (``weights_only=True``: no pickled code runs).
+
+    Raises:
+        MediADError: missing file, not a MediAD checkpoint, or made for another task.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MediADError(f"{p}: checkpoint not found")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign files
+        raise MediADError(f"{p}: not a MediAD checkpoint ({str(exc).splitlines()[0][:120]})"
+                          ) from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise MediADError(f"{p}: not a MediAD checkpoint (format "
+                          f"{ck.get('format') if isinstance(ck, dict) else type(ck).__name__})")
+    have = ck["config"]["model"]["task"]
+    if task is not None and have != task:
+        raise MediADError(f"{p}: checkpoint is for task {have!r}, not {task!r}")
+    return ck
+
+
+# ---------------------------------------------------------------------------------------
+# Samples
+
+
+def _fingerprint(rows: Sequence[ManifestRow]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(r.model_dump_json(exclude={"mri_path"}).encode())
+        if r.mri_path and Path(r.mri_path).is_file():
+            h.update(str(Path(r.mri_path).stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def confounder_vector(record: ClinicalRecord | None) -> np.ndarray:
+    """Age (z, fixed scale), sex, vascular risk: what metadata_norm / cf_adversarial see."""
+    if record is None:
+        return np.zeros(3, np.float32)
+    age = 0.0 if record.age is None else (record.age - 73.0) / 7.0
+    sex = 0.5 if record.sex is None else float(record.sex == "female")
+    return np.array([age, sex, float(bool(record.hypertension or record.diabetes))],
+                    np.float32)
+
+
+def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str | None],
+                  classes: Sequence[str], summarizer: Summarizer | None,
+                  embedder: TextEmbedder | None, tabular_fields: Sequence[str]
+                  ) -> list[dict[str, Any]]:
+    """One dictionary per subject-visit: everything the dataset needs but the image."""
+    texts: list[list[str]] = []
+    for r in rows:
+        if r is None or summarizer is None:
+            texts.append([])
+        else:
+            texts.append(list(summarizer.summarize(r).sections.values()))
+    n_sections = max((len(t) for t in texts), default=5) or 5
+    flat = [s for t in texts for s in t]
+    vectors = embedder.embed(flat) if (embedder is not None and flat) else np.zeros((0, 384))
+    samples, k = [], 0
+    for i, (r, path) in enumerate(zip(rows, mri_paths, strict=True)):
+        text = np.zeros((n_sections, 384), np.float32)
+        if texts[i] and embedder is not None:
+            text[: len(texts[i])] = vectors[k:k + len(texts[i])]
+        k += len(texts[i])
+        values, mask = tabular_features(r, tuple(tabular_fields))
+        label = classes.index(r.diagnosis) if (r is not None and r.diagnosis in classes) else -1
+        samples.append({
+            "image": path or "", "text": text,
+            "has_text": np.float32(1.0 if texts[i] and embedder is not None else 0.0),
+            "tab_values": values, "tab_mask": mask, "stratum": confounder_stratum(r),
+            "confounders": confounder_vector(r), "label": label, "index": i,
+        })
+    return samples
+
+
+def make_dataset(samples: list[dict[str, Any]], imaging: ImagingConfig, augment: bool,
+                 cache: bool = True) -> Any:
+    from monai.data import CacheDataset, Dataset
+    from monai.transforms import Compose
+
+    steps: list[Any] = [MaybeImaged(build_transforms(imaging), imaging.shape)]
+    if augment:
+        steps.append(scanner_augmentation())
+    transform = Compose(steps)
+    if cache:
+        return CacheDataset(samples, transform, progress=False, num_workers=0)
+    return Dataset(samples, transform)
+
+
+def _batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def classification_metrics(y: np.ndarray, log_probs: np.ndarray, classes: Sequence[str]
+                           ) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss
+
+    keep = y >= 0
+    y, log_probs = y[keep], log_probs[keep]
+    if len(y) == 0:
+        return {"n": 0}
+    pred = log_probs.argmax(1)
+    return {
+        "n": len(y),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "log_loss": float(log_loss(y, np.exp(log_probs), labels=list(range(len(classes))))),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Distributed helpers
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@contextmanager
+def _distributed() -> Iterator[_Dist]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield _Dist()
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    try:
+        yield _Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+    finally:
+        dist.destroy_process_group()
+
+
+def _gather(x: torch.Tensor, d: _Dist) -> torch.Tensor:
+    if d.world == 1:
+        return x
+    sizes = [torch.zeros((), dtype=torch.long) for _ in range(d.world)]
+    dist.all_gather(sizes, torch.tensor(x.shape[0]))
+    padded = torch.zeros((int(max(sizes)), *x.shape[1:]), dtype=x.dtype)
+    padded[: x.shape[0]] = x
+    out = [torch.zeros_like(padded) for _ in range(d.world)]
+    dist.all_gather(out, padded)
+    return torch.cat([o[: int(n)] for o, n in zip(out, sizes, strict=True)])
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+
+
+@torch.no_grad()
+def predict_loader(model: MultimodalNet, loader: DataLoader, device: torch.device
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, log P(Y|do(X)), log P(Y|X) with the intervention off, sample indices)."""
+    model.eval()
+    ys, lps, offs, idx = [], [], [], []
+    for batch in loader:
+        b = _batch_to(batch, device)
+        with _autocast(device):
+            out = model(b)
+        ys.append(batch["label"].numpy())
+        lps.append(out.log_probs.float().cpu().numpy())
+        offs.append(out.log_probs_off.float().cpu().numpy())
+        idx.append(batch["index"].numpy())
+    return (np.concatenate(ys), np.concatenate(lps), np.concatenate(offs),
+            np.concatenate(idx))
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _rows_for_task(rows: list[ManifestRow], classes: Sequence[str]) -> list[ManifestRow]:
+    return [r for r in rows if r.diagnosis in classes]
+
+
+def _summarizer(config: TrainConfig, cache_root: Path) -> Summarizer:
+    summary = config.data.summary
+    if summary.cache_dir is None:
+        summary = summary.model_copy(update={"cache_dir": cache_root / "summaries"})
+    return Summarizer(summary)
+
+
+def _cache_root(config: TrainConfig) -> Path:
+    from mediad.demo import data_dir
+
+    return config.data.cache_dir or (data_dir() / "cache")
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False,
+          show_progress: bool = True, max_epochs: int | None = None) -> TrainResult:
+    """Train one model variant.
+
+    Args:
+        config: data, model and optimisation settings.
+        out_dir: run folder (created); holds config.yaml, splits.json, metrics.jsonl,
+            last.pt, best.pt and metrics.json.
+        resume: continue from ``out_dir/last.pt``.
+        show_progress: tqdm bars on rank 0.
+        max_epochs: stop after this many epochs in this call (tests of resumption).
+
+    Raises:
+        MediADError: bad inputs, an existing run without ``resume``, or leakage.
+    """
+    with _distributed() as d:
+        return _train(config, Path(out_dir), resume, show_progress, max_epochs, d)
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
+           max_epochs: int | None, d: _Dist) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    if (out / "last.pt").exists() and not resume:
+        raise MediADError(f"{out} already holds a run; pass --resume to continue it or choose "
+                          "another --out")
+    if resume and not (out / "last.pt").exists():
+        raise MediADError(f"{out}/last.pt not found: nothing to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.optim.seed)
+    np.random.seed(config.optim.seed)
+    classes = config.model.classes
+    table = load_manifest(config.data.manifest)
+    rows = _rows_for_task(table.rows, classes)
+    if len(rows) < 6:
+        raise InputError(f"{config.data.manifest}: only {len(rows)} labelled row(s) for task "
+                         f"{config.model.task}; training needs more")
+    splits = _splits(config, rows, out, d)
+    by_split = {name: [r for r in rows if splits.split_of(r.subject_id) == name]
+                for name in ("train", "val", "test")}
+    if d.main:
+        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    cache_root = _cache_root(config)
+    use_image, use_text = config.model.inputs
+    summarizer = _summarizer(config, cache_root) if use_text else None
+    embedder = TextEmbedder(config.data.text_model, cache_root / "embeddings") if (
+        use_text) else None
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config.model_dump(mode="json"),
+        "classes": list(classes),
+        "template_version": summarizer.template.version if summarizer else None,
+        "summary_fields": summarizer.fields if summarizer else [],
+        "text_model_id": config.data.text_model if use_text else None,
+        "data_fingerprint": _fingerprint(by_split["train"]),
+        "train_subjects": sorted({r.subject_id for r in by_split["train"]}),
+    }
+    samples = {name: build_samples(rs, [r.mri_path if use_image else None for r in rs],
+                                   classes, summarizer, embedder,
+                                   config.model.tabular_fields)
+               for name, rs in by_split.items()}
+    if config.model.kind == "tabular":
+        return _train_tabular(config, out, samples, meta, d)
+    return _train_net(config, out, samples, meta, d, resume, show_progress, max_epochs, tqdm)
+
+
+def _splits(config: TrainConfig, rows: list[ManifestRow], out: Path, d: _Dist) -> Splits:
+    if config.data.splits is not None:
+        splits = Splits.load(config.data.splits)
+    elif (out / "splits.json").exists():
+        splits = Splits.load(out / "splits.json")
+    else:
+        splits = make_splits(rows, config.data.split)
+        if d.main:
+            splits.save(out / "splits.json")
+    check_leakage(splits.train, splits.test, "test")
+    return splits
+
+
+def _tab_matrix(samples: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.stack([np.where(s["tab_mask"] > 0, s["tab_values"], np.nan) for s in samples])
+    return x, np.array([s["label"] for s in samples])
+
+
+def _train_tabular(config: TrainConfig, out: Path, samples: dict[str, list[dict[str, Any]]],
+                   meta: dict[str, Any], d: _Dist) -> TrainResult:
+    model = TabularBaseline(config.model, config.optim.seed)
+    model.fit(*_tab_matrix(samples["train"]))
+    metrics: dict[str, Any] = {"best_epoch": 0}
+    for name in ("val", "test"):
+        if samples[name]:
+            x, y = _tab_matrix(samples[name])
+            metrics[name] = classification_metrics(y, model.predict_log_proba(x),
+                                                   config.model.classes)
+    payload = {**meta, "model_state": model.state_dict(), "epoch": 0, "metrics": metrics}
+    if d.main:
+        save_checkpoint(out / "best.pt", payload)
+        save_checkpoint(out / "last.pt", payload)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(out, 0, metrics)
+
+
+def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str, Any]]],
+               meta: dict[str, Any], d: _Dist, resume: bool, show_progress: bool,
+               max_epochs: int | None, tqdm: Any) -> TrainResult:
+    oc, imaging = config.optim, config.data.imaging
+    device = torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
+    model = build_model(config.model, imaging.shape, oc.seed)
+    assert isinstance(model, MultimodalNet)
+    if model.tabular is not None:
+        x = np.stack([s["tab_values"] for s in samples["train"]])
+        m = np.stack([s["tab_mask"] for s in samples["train"]])
+        model.tabular.set_stats(x, m)
+    model.set_training_priors(np.array([s["stratum"] for s in samples["train"]]))
+    model.to(device)
+    net: torch.nn.Module = model
+    if d.world > 1:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[d.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+    train_set = make_dataset(samples["train"], imaging, config.data.augment)
+    eval_sets = {k: make_dataset(samples[k], imaging, False) for k in ("val", "test")
+                 if samples[k]}
+    sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True,
+                                 seed=oc.seed, drop_last=False)
+    per_rank = max(1, oc.batch_size // d.world)
+    loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=0)
+    eval_loaders = {k: DataLoader(v, batch_size=oc.batch_size, shuffle=False)
+                    for k, v in eval_sets.items()}
+    labels = np.array([s["label"] for s in samples["train"]])
+    weight = None
+    if oc.class_weighting:
+        counts = np.bincount(labels, minlength=len(config.model.classes)).clip(min=1)
+        weight = torch.tensor(len(labels) / (len(counts) * counts), dtype=torch.float32,
+                              device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=oc.epochs)
+    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0}
+    if resume:
+        ck = load_checkpoint(out / "last.pt", config.model.task)
+        model.load_state_dict(ck["model_state"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = dict(ck["train_state"])
+    elif model.front_door is not None:
+        _refresh(model, _features(net, loader, device, d, sampler, 0), oc.seed)
+    stop = state["epoch"] + (max_epochs or oc.epochs)
+    for epoch in range(state["epoch"] + 1, min(oc.epochs, stop) + 1):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        _seed_augmentation(train_set, oc.seed + epoch)
+        net.train()
+        total, n, feats = 0.0, 0, []
+        bar = tqdm(loader, desc=f"epoch {epoch}/{oc.epochs}", leave=False,
+                   disable=None if (show_progress and d.main) else True)  # None: tty only
+        for batch in bar:
+            b = _batch_to(batch, device)
+            with _autocast(device):
+                output = net(b)
+                loss = model.loss(output, b["label"], weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(batch["label"])
+            n += len(batch["label"])
+            if output.fused is not None:
+                feats.append(output.fused.float().cpu())
+            bar.set_postfix(loss=f"{total / n:.3f}")
+        scheduler.step()
+        if model.front_door is not None and feats:
+            _refresh(model, _gather(torch.cat(feats), d), oc.seed + epoch)
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, n),
+                                   "lr": scheduler.get_last_lr()[0],
+                                   "seconds": time.perf_counter() - started}
+        if "val" in eval_loaders:
+            y, lp, _, _ = predict_loader(model, eval_loaders["val"], device)
+            metrics["val"] = classification_metrics(y, lp, config.model.classes)
+        score = metrics.get("val", {}).get("balanced_accuracy", -total / max(1, n))
+        improved = score > state["best"]
+        state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
+        if improved:
+            state.update(best=score, best_epoch=epoch)
+        if d.main:
+            with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            base = {**meta, "model_state": model.state_dict(), "epoch": epoch,
+                    "metrics": metrics}
+            if improved:
+                save_checkpoint(out / "best.pt", base)
+            save_checkpoint(out / "last.pt", {
+                **base, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "train_state": dict(state)})
+            if show_progress:
+                val = metrics.get("val", {})
+                tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.3f}, val balanced "
+                           f"accuracy {val.get('balanced_accuracy', float('nan')):.3f}"
+                           + (" (best)" if improved else ""))
+        if d.world > 1:
+            dist.barrier()
+        if state["stale"] >= oc.patience:
+            break
+    return _finish(config, out, model, eval_loaders, device, state, meta, d)
+
+
+def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
+            loaders: dict[str, DataLoader], device: torch.device, state: dict[str, Any],
+            meta: dict[str, Any], d: _Dist) -> TrainResult:
+    best = load_checkpoint(out / "best.pt") if (out / "best.pt").exists() else None
+    if best is not None:
+        model.load_state_dict(best["model_state"])
+    metrics: dict[str, Any] = {"best_epoch": state["best_epoch"]}
+    for name, loader in loaders.items():
+        y, lp, off, _ = predict_loader(model, loader, device)
+        metrics[name] = classification_metrics(y, lp, config.model.classes)
+        metrics[f"{name}_intervention_off"] = classification_metrics(y, off,
+                                                                     config.model.classes)
+    if d.main and best is not None:
+        save_checkpoint(out / "best.pt", {**best, "metrics": metrics})
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(out, state["best_epoch"], metrics)
+
+
+def _seed_augmentation(dataset: Any, seed: int) -> None:
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=seed % (2**31))
+
+
+@torch.no_grad()
+def _features(net: torch.nn.Module, loader: DataLoader, device: torch.device, d: _Dist,
+              sampler: DistributedSampler, epoch: int) -> torch.Tensor:
+    sampler.set_epoch(epoch)
+    net.eval()
+    feats = []
+    for batch in loader:
+        out = net(_batch_to(batch, device))
+        feats.append(out.fused.float().cpu())
+    return _gather(torch.cat(feats), d)
+
+
+def _refresh(model: MultimodalNet, features: torch.Tensor, seed: int) -> None:
+    assert model.front_door is not None
+    model.front_door.refresh(features, seed)
