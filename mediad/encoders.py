@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from mediad.errors import MediADError
@@ -41,6 +41,14 @@ class ImageEncoderConfig(BaseModel):
                                                 "practical).")
     swin_feature_size: int = Field(12, ge=12, description="SwinUNETR feature size (x12).")
 
+    @field_validator("channels")
+    @classmethod
+    def _groups(cls, v: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        if any(c % 4 for c in v):
+            raise ValueError(f"ResNet channels must be multiples of 4 (GroupNorm with 4 "
+                             f"groups), got {v}")
+        return v
+
 
 class ImageEncoder(nn.Module):
     """A MONAI 3D backbone returning its last feature map as tokens.
@@ -58,9 +66,13 @@ class ImageEncoder(nn.Module):
         from monai.networks import nets
 
         if config.name == "resnet":
+            # GroupNorm, not BatchNorm: per-sample statistics make a prediction independent
+            # of its batch, and DDP on CPU (where SyncBatchNorm does not run) exact.
             net = nets.ResNet(block="basic", layers=[1, 1, 1, 1],
                               block_inplanes=list(config.channels), spatial_dims=3,
-                              n_input_channels=1, conv1_t_stride=2, feed_forward=False)
+                              n_input_channels=1, conv1_t_stride=2, feed_forward=False,
+                              norm=("group", {"num_groups": 4}))
+            _batch_to_group_norm(net)
             self.body = nn.Sequential(net.conv1, net.bn1, net.act, net.maxpool, net.layer1,
                                       net.layer2, net.layer3, net.layer4)
             width = config.channels[-1]
@@ -81,6 +93,15 @@ class ImageEncoder(nn.Module):
             raise MediADError(f"image batch must be (B, 1, D, H, W), got {tuple(x.shape)}")
         fmap = self.body(x)
         return self.proj(fmap.flatten(2).transpose(1, 2))  # (B, N, d_model)
+
+
+def _batch_to_group_norm(module: nn.Module, groups: int = 4) -> None:
+    """Swap every BatchNorm for GroupNorm (MONAI's ``norm`` argument covers the stem only)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, nn.GroupNorm(groups, child.num_features))
+        else:
+            _batch_to_group_norm(child, groups)
 
 
 class _SwinLast(nn.Module):

@@ -458,7 +458,8 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
     model.to(device)
     net: torch.nn.Module = model
     if d.world > 1:
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":  # DenseNet / SwinUNETR options still hold BatchNorm
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[d.local_rank] if device.type == "cuda" else None,
             find_unused_parameters=True)
@@ -506,12 +507,16 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch["label"])
+            total += float(loss.detach()) * len(batch["label"])
             n += len(batch["label"])
             if output.fused is not None:
                 feats.append(output.fused.float().cpu())
             bar.set_postfix(loss=f"{total / n:.3f}")
         scheduler.step()
+        if d.world > 1:  # report the loss over all ranks' samples
+            sums = torch.tensor([total, float(n)], dtype=torch.float64)
+            dist.all_reduce(sums)
+            total, n = float(sums[0]), int(sums[1])
         if model.front_door is not None and feats:
             _refresh(model, _gather(torch.cat(feats), d), oc.seed + epoch)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, n),
