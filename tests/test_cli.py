@@ -90,12 +90,19 @@ def test_schema_drift_is_detected(tmp_path: Path) -> None:
 
 
 def test_demo_builds_once_then_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    small = demo.DEMO_COHORT.model_copy(update={"n_subjects": 5, "spacing": 8.0})
+    small = demo.DEMO_COHORT.model_copy(update={"n_subjects": 16, "spacing": 8.0})
     monkeypatch.setattr(demo, "DEMO_COHORT", small)
-    code, output = run("demo", "--data-dir", tmp_path)
+    tiny = tmp_path / "demo.yaml"
+    text = demo.DEMO_CONFIG.read_text().replace("shape: [64, 64, 64]", "shape: [32, 32, 32]")
+    tiny.write_text(text
+                    .replace("epochs: 25", "epochs: 1").replace("d_model: 64", "d_model: 16"))
+    monkeypatch.setattr(demo, "DEMO_CONFIG", tiny)
+    code, output = run("demo", "--data-dir", tmp_path / "data")
     assert code == 0 and "Built the demo cohort" in output and "research use only" in output
-    code, output = run("demo", "--data-dir", tmp_path)
-    assert code == 0 and "Reusing the demo cohort" in output and "Valid: 5 subjects" in output
+    assert "trained" in output and "test balanced accuracy" in output
+    code, output = run("demo", "--data-dir", tmp_path / "data")
+    assert code == 0 and "Reusing the demo cohort" in output and "Valid: 16 subjects" in output
+    assert "reusing" in output
 
 
 def test_version() -> None:
