@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from mediad.errors import MediADError
 from mediad.simulate import SimulationConfig, simulate_cohort
 
 __all__ = ["DEMO_COHORT", "DEMO_CONFIG", "data_dir", "ensure_demo_cohort", "ensure_demo_model"]
@@ -54,13 +56,17 @@ def ensure_demo_model(root: Path | None = None, show_progress: bool = True
     Returns:
         ``(best checkpoint, built)``.
     """
-    from mediad.train import TrainConfig, train
+    from mediad.train import TrainConfig, load_checkpoint, train
 
     root = root or data_dir()
     folder = root / "demo-model"
     best = folder / "best.pt"
     if best.is_file() and (folder / "metrics.json").is_file():
-        return best, False
+        try:
+            load_checkpoint(best)
+            return best, False
+        except MediADError:  # made by an older version: rebuild
+            shutil.rmtree(folder)
     cohort, _ = ensure_demo_cohort(root)
     config = TrainConfig.from_yaml(DEMO_CONFIG)
     config = config.model_copy(update={"data": config.data.model_copy(update={

@@ -37,6 +37,7 @@ from mediad.causal import (
 from mediad.encoders import TABULAR_FIELDS, ImageEncoder, ImageEncoderConfig, TabularEncoder
 
 __all__ = [
+    "ARCHITECTURE",
     "KINDS",
     "TASKS",
     "ModelConfig",
@@ -51,6 +52,8 @@ Kind = Literal["mediad", "image_only", "text_only", "tabular", "concat", "xattn"
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 TASKS: dict[str, tuple[str, ...]] = {"cn_mci_ad": ("CN", "MCI", "AD"), "cn_ad": ("CN", "AD")}
 TEXT_DIM = 384
+#: Bumped whenever a change makes older checkpoints unloadable; checkpoints record it.
+ARCHITECTURE = 2
 N_CONFOUNDERS = 3  # age (z), sex, vascular risk: what metadata_norm / cf_adversarial see
 
 

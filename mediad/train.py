@@ -41,7 +41,7 @@ from mediad.data import (
 from mediad.encoders import TextEmbedder, tabular_features
 from mediad.errors import InputError, MediADError
 from mediad.imaging import ImagingConfig, build_transforms
-from mediad.models import ModelConfig, MultimodalNet, TabularBaseline, build_model
+from mediad.models import ARCHITECTURE, ModelConfig, MultimodalNet, TabularBaseline, build_model
 from mediad.records import ClinicalRecord, ManifestRow, load_manifest
 from mediad.summarize import Summarizer, SummaryConfig
 
@@ -160,6 +160,10 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise MediADError(f"{p}: not a MediAD checkpoint (format "
                           f"{ck.get('format') if isinstance(ck, dict) else type(ck).__name__})")
+    if ck.get("architecture") != ARCHITECTURE:
+        raise MediADError(f"{p}: made by an older MediAD (model architecture "
+                          f"{ck.get('architecture', 1)}; this version builds {ARCHITECTURE}); "
+                          "retrain it with `mediad train`")
     have = ck["config"]["model"]["task"]
     if task is not None and have != task:
         raise MediADError(f"{p}: checkpoint is for task {have!r}, not {task!r}")
@@ -390,6 +394,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
         use_text) else None
     meta = {
         "format": CHECKPOINT_FORMAT,
+        "architecture": ARCHITECTURE,
         "config": config.model_dump(mode="json"),
         "classes": list(classes),
         "template_version": summarizer.template.version if summarizer else None,
