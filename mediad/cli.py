@@ -339,6 +339,34 @@ def predict(
     out.print(text, highlight=False, markup=False)
 
 
+@app.command("evaluate")
+@_friendly
+def evaluate_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="best.pt of a run.")],
+    manifest: Annotated[Path, typer.Option(help="Cohort manifest (labels optional).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (resumable).")],
+    force: Annotated[bool, typer.Option(help="Evaluate even if subjects overlap the training "
+                                        "data (the report says so).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for CIs.")] = 1000,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Evaluate a model on a cohort: predictions, metrics with CIs, subgroups, plots, report."""
+    from mediad.evaluate import evaluate
+
+    with _progress("predicting") as update:
+        result = evaluate(checkpoint, manifest, out_dir, force=force, batch_size=batch_size,
+                          n_bootstrap=bootstrap, seed=seed, progress=update)
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}")
+    if result.metrics:
+        m = result.metrics["balanced_accuracy"]
+        out.print(f"balanced accuracy {m['value']:.3f} (95 % CI {m['ci_low']:.3f}-"
+                  f"{m['ci_high']:.3f}) on {result.n} visit(s)")
+    out.print(f"report: {out_dir / 'report.html'} and {out_dir / 'report.md'}; predictions: "
+              f"{out_dir / 'predictions.csv'}")
+
+
 @app.command()
 @_friendly
 def demo(

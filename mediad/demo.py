@@ -11,7 +11,14 @@ from pathlib import Path
 from mediad.errors import MediADError
 from mediad.simulate import SimulationConfig, simulate_cohort
 
-__all__ = ["DEMO_COHORT", "DEMO_CONFIG", "data_dir", "ensure_demo_cohort", "ensure_demo_model"]
+__all__ = [
+    "DEMO_COHORT",
+    "DEMO_CONFIG",
+    "DEMO_SHIFTED",
+    "data_dir",
+    "ensure_demo_cohort",
+    "ensure_demo_model",
+]
 
 #: The demo model's training config (``data.manifest`` is relative to the data folder).
 DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
@@ -19,6 +26,11 @@ DEMO_CONFIG = Path(__file__).with_name("configs") / "demo.yaml"
 #: The demo cohort: confounded like a real multi-site study (site predicts diagnosis).
 DEMO_COHORT = SimulationConfig(n_subjects=200, confounding=0.8, shift="none", seed=2026,
                                spacing=3.0, workers=1)
+
+
+#: A held-out cohort for the Cohort page: new subjects, site and age links reversed.
+DEMO_SHIFTED = DEMO_COHORT.model_copy(update={"n_subjects": 100, "shift": "reversed",
+                                               "seed": 2027, "subject_offset": 5000})
 
 
 def data_dir() -> Path:
@@ -36,16 +48,18 @@ def _same_cohort(folder: Path, cfg: SimulationConfig) -> bool:
 
 
 def ensure_demo_cohort(root: Path | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> tuple[Path, bool]:
-    """Build the demo cohort unless an identical one is already there.
+                       progress: Callable[[int, int], None] | None = None,
+                       shifted: bool = False) -> tuple[Path, bool]:
+    """Build the demo cohort (or its shifted, held-out twin) unless it is already there.
 
     Returns:
         ``(folder, built)``; ``built`` is false when an existing cohort was reused.
     """
-    folder = (root or data_dir()) / "demo-cohort"
-    if _same_cohort(folder, DEMO_COHORT):
+    cfg = DEMO_SHIFTED if shifted else DEMO_COHORT
+    folder = (root or data_dir()) / ("demo-shifted" if shifted else "demo-cohort")
+    if _same_cohort(folder, cfg):
         return folder, False
-    simulate_cohort(DEMO_COHORT, folder, overwrite=True, progress=progress)
+    simulate_cohort(cfg, folder, overwrite=True, progress=progress)
     return folder, True
 
 

@@ -84,34 +84,55 @@ class Predictor:
         Raises:
             MediADError: nothing to predict from, or an unusable MRI (named).
         """
-        if mri is None and record is None:
-            raise MediADError("nothing to predict from: give an MRI, a record, or both")
+        return self.predict_many([(mri, record)])[0]
+
+    def predict_many(self, items: list[tuple[str | Path | None, ClinicalRecord | None]]
+                     ) -> list[Prediction]:
+        """Predict a batch of (MRI, record) pairs in one forward pass.
+
+        Raises:
+            MediADError: an item with nothing to predict from, or an unusable MRI (named).
+        """
         mc = self.config.model
-        use_mri = mri is not None and self.use_image
-        use_record = record is not None
-        if isinstance(self.model, TabularBaseline) and record is None:
-            raise MediADError("the tabular baseline needs a clinical record")
-        if not (use_mri or use_record):
-            raise MediADError(f"this {mc.kind} model does not use MRIs; give a record")
-        sample = build_samples([record], [None], self.classes,
-                               self.summarizer if self.use_text else None, self.embedder,
-                               mc.tabular_fields)[0]
-        summary = self.summarizer.summarize(record) if (self.summarizer and record) else None
-        if isinstance(self.model, TabularBaseline):
-            x = np.where(sample["tab_mask"] > 0, sample["tab_values"], np.nan)[None]
-            log_p = self.model.predict_log_proba(x)[0]
-            log_off = log_p
+        tabular_model = isinstance(self.model, TabularBaseline)
+        for mri, record in items:
+            if mri is None and record is None:
+                raise MediADError("nothing to predict from: give an MRI, a record, or both")
+            if tabular_model and record is None:
+                raise MediADError("the tabular baseline needs a clinical record")
+            if record is None and not self.use_image:
+                raise MediADError(f"this {mc.kind} model does not use MRIs; give a record")
+        records = [r for _, r in items]
+        use_mri = [m is not None and self.use_image for m, _ in items]
+        summaries = [self.summarizer.summarize(r) if (self.summarizer and r) else None
+                     for r in records]
+        samples = build_samples(records, [None] * len(items), self.classes,
+                                self.summarizer if self.use_text else None, self.embedder,
+                                mc.tabular_fields)
+        if tabular_model:
+            x = np.stack([np.where(s["tab_mask"] > 0, s["tab_values"], np.nan)
+                          for s in samples])
+            log_p = log_off = self.model.predict_log_proba(x)
         else:
-            image = (load_volume(mri, transforms=self.transforms) if use_mri
-                     else torch.zeros((1, *self.config.data.imaging.shape)))
-            batch = {k: torch.as_tensor(np.asarray(v))[None] for k, v in sample.items()
-                     if k != "image"}
-            batch["image"] = image[None]
-            batch["has_image"] = torch.tensor([1.0 if use_mri else 0.0])
+            blank = torch.zeros((1, *self.config.data.imaging.shape))
+            images = [load_volume(m, transforms=self.transforms) if use else blank
+                      for (m, _), use in zip(items, use_mri, strict=True)]
+            batch = {k: torch.as_tensor(np.stack([np.asarray(s[k]) for s in samples]))
+                     for k in samples[0] if k != "image"}
+            batch["image"] = torch.stack(images)
+            batch["has_image"] = torch.tensor([1.0 if u else 0.0 for u in use_mri])
             with torch.inference_mode():
                 out = self.model({k: v.to(self.device) for k, v in batch.items()})
-            log_p = out.log_probs[0].float().cpu().numpy()
-            log_off = out.log_probs_off[0].float().cpu().numpy()
+            log_p = out.log_probs.float().cpu().numpy()
+            log_off = out.log_probs_off.float().cpu().numpy()
+        return [self._prediction(mri, record, use, summary, sample, lp, lo)
+                for (mri, record), use, summary, sample, lp, lo in zip(
+                    items, use_mri, summaries, samples, log_p, log_off, strict=True)]
+
+    def _prediction(self, mri: str | Path | None, record: ClinicalRecord | None, use_mri: bool,
+                    summary: Any, sample: dict[str, Any], log_p: np.ndarray,
+                    log_off: np.ndarray) -> Prediction:
+        mc = self.config.model
         probs, off = np.exp(log_p), np.exp(log_off)
         fields = summary.provenance.fields_included if summary else []
         tab_used = [f for f, m in zip(mc.tabular_fields, sample["tab_mask"], strict=True)
@@ -125,7 +146,7 @@ class Predictor:
                 self.classes, off, strict=True)},
             predicted_intervention_off=self.classes[int(off.argmax())],
             inputs_used={
-                "mri": use_mri, "record": use_record,
+                "mri": use_mri, "record": record is not None,
                 "mri_ignored": mri is not None and not self.use_image,
                 "summary_fields": fields, "tabular_fields": tab_used,
                 "label_defining_fields_used": sorted(
@@ -133,8 +154,12 @@ class Predictor:
             },
             summary=summary.text if summary else None,
             summary_provenance=summary.provenance.model_dump(mode="json") if summary else None,
-            model={"kind": mc.kind, "task": mc.task, "checkpoint": str(self.path),
-                   "epoch": self.ck.get("epoch"), "template_version":
-                   self.ck.get("template_version"), "text_model": self.ck.get("text_model_id"),
-                   "data_fingerprint": self.ck.get("data_fingerprint")},
+            model=self.model_info(),
         )
+
+    def model_info(self) -> dict[str, Any]:
+        mc = self.config.model
+        return {"kind": mc.kind, "task": mc.task, "checkpoint": str(self.path),
+                "epoch": self.ck.get("epoch"), "template_version": self.ck.get(
+                    "template_version"), "text_model": self.ck.get("text_model_id"),
+                "data_fingerprint": self.ck.get("data_fingerprint")}

@@ -105,6 +105,8 @@ class SimulationConfig(BaseModel):
     site_storage: bool = Field(True, description="Write each site's files in its own "
                                "orientation and dtype (exercises ingest).")
     workers: int = Field(1, ge=1, le=64, description="Processes rendering volumes.")
+    subject_offset: int = Field(0, ge=0, le=10**7, description="First subject number minus "
+                                "one; keeps ids of cohorts that will be compared disjoint.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,7 +167,8 @@ def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
     faq = np.clip(score((0.3, 3.5, 13.0), (1.0, 3.0, 6.0), 0.8, 0.0).round(), 0, 30)
 
     frame = pd.DataFrame({
-        "subject_id": [f"{site[i] + 1:03d}_S_{i + 1:04d}" for i in range(n)],
+        "subject_id": [f"{site[i] + 1:03d}_S_{cfg.subject_offset + i + 1:04d}"
+                       for i in range(n)],
         "visit": "bl", "site": [SITES[s].name for s in site], "site_index": site,
         "diagnosis": np.array(DIAGNOSES)[dx], "age": age, "sex": sex,
         "education_years": education, "apoe4": apoe4, "hypertension": hypertension,
@@ -570,7 +573,8 @@ _RECORD_COLUMNS = [f for f in ClinicalRecord.model_fields]
 def _write_tables(frame: pd.DataFrame, folder: Path) -> None:
     records = [ClinicalRecord(**{k: _py(row.get(k)) for k in _RECORD_COLUMNS})
                for row in frame.to_dict("records")]
-    adni = pd.DataFrame([to_adnimerge_row(r, i + 1) for i, r in enumerate(records)])
+    adni = pd.DataFrame([to_adnimerge_row(r, int(r.subject_id.split("_S_")[1]))
+                         for r in records])
     adni.to_csv(folder / "records.csv", index=False)
     manifest = pd.DataFrame([r.model_dump() for r in records])
     manifest.insert(2, "mri_path", frame["mri_path"].to_numpy())
