@@ -10,6 +10,22 @@ import numpy as np
 import pytest
 
 from mediad.simulate import SimulationConfig, simulate_cohort
+from mediad.train import TrainConfig, train
+
+SMALL_MODEL = {"image": {"channels": [8, 8, 16, 16]}, "d_model": 16, "heads": 2,
+               "n_prototypes": 4, "dropout": 0.0, "use_tabular": True}
+
+
+def tiny_train_config(cohort: Path, cache: Path, **model: object) -> TrainConfig:
+    """A training config small enough for unit tests (32^3, 4 epochs)."""
+    return TrainConfig.model_validate({
+        "data": {"manifest": str(cohort / "manifest.csv"), "cache_dir": str(cache),
+                 "imaging": {"spacing": [6.0, 6.0, 6.0], "shape": [32, 32, 32]},
+                 "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}},
+        "model": {**SMALL_MODEL, **model},
+        "optim": {"epochs": 4, "batch_size": 4, "lr": 3e-3, "patience": 10,
+                  "class_weighting": False},
+    })
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +33,22 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small confounded cohort at 6 mm (fast), shared read-only by the tests."""
     out = tmp_path_factory.mktemp("cohort") / "tiny"
     return simulate_cohort(SimulationConfig(n_subjects=24, seed=3, spacing=6.0), out)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MediAD model trained on the tiny cohort (shared read-only)."""
+    out = tmp_path_factory.mktemp("run") / "mediad"
+    train(tiny_train_config(tiny_cohort, out.parent / "cache"), out, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def held_out_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """New subjects (ids disjoint from the tiny cohort), site and age links reversed."""
+    out = tmp_path_factory.mktemp("cohort") / "held-out"
+    return simulate_cohort(SimulationConfig(n_subjects=16, seed=9, spacing=6.0,
+                                            shift="reversed", subject_offset=9000), out)
 
 
 @pytest.fixture

@@ -19,26 +19,12 @@ from mediad.predict import Predictor
 from mediad.records import load_manifest
 from mediad.train import TrainConfig, load_checkpoint, train
 
-SMALL_MODEL = {"image": {"channels": [8, 8, 16, 16]}, "d_model": 16, "heads": 2,
-               "n_prototypes": 4, "dropout": 0.0, "use_tabular": True}
+from .conftest import tiny_train_config
 
 
-def config(cohort: Path, cache: Path, **model: object) -> TrainConfig:
-    return TrainConfig.model_validate({
-        "data": {"manifest": str(cohort / "manifest.csv"), "cache_dir": str(cache),
-                 "imaging": {"spacing": [6.0, 6.0, 6.0], "shape": [32, 32, 32]},
-                 "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}},
-        "model": {**SMALL_MODEL, **model},
-        "optim": {"epochs": 4, "batch_size": 4, "lr": 3e-3, "patience": 10,
-                  "class_weighting": False},
-    })
-
-
-@pytest.fixture(scope="module")
-def run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "mediad"
-    train(config(tiny_cohort, out.parent / "cache"), out, show_progress=False)
-    return out
+@pytest.fixture
+def run(tiny_run: Path) -> Path:
+    return tiny_run
 
 
 def test_run_folder_and_checkpoint_contents(run: Path) -> None:
@@ -88,7 +74,7 @@ def test_missing_modalities_still_predict(run: Path, tiny_cohort: Path) -> None:
 
 
 def test_resume_continues_identically(tiny_cohort: Path, tmp_path: Path) -> None:
-    cfg = config(tiny_cohort, tmp_path / "cache")
+    cfg = tiny_train_config(tiny_cohort, tmp_path / "cache")
     train(cfg, tmp_path / "straight", show_progress=False)
     train(cfg, tmp_path / "resumed", show_progress=False, max_epochs=2)
     assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
@@ -107,7 +93,7 @@ def test_resume_continues_identically(tiny_cohort: Path, tmp_path: Path) -> None
 
 def test_baselines_train(tiny_cohort: Path, tmp_path: Path) -> None:
     for kind in ("tabular", "concat", "cf_adversarial"):
-        cfg = config(tiny_cohort, tmp_path / "cache", kind=kind)
+        cfg = tiny_train_config(tiny_cohort, tmp_path / "cache", kind=kind)
         cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 1})})
         result = train(cfg, tmp_path / kind, show_progress=False)
         assert result.metrics["test"]["n"] > 0
@@ -118,7 +104,7 @@ def test_baselines_train(tiny_cohort: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(tiny_cohort: Path, tmp_path: Path) -> None:
-    cfg = config(tiny_cohort, tmp_path / "cache")
+    cfg = tiny_train_config(tiny_cohort, tmp_path / "cache")
     cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2})})
     path = tmp_path / "train.yaml"
     path.write_text(cfg.to_yaml())
@@ -155,7 +141,7 @@ def test_bad_inputs_to_train_and_predict(run: Path, tiny_cohort: Path, tmp_path:
     with pytest.raises(InputError, match=r"model\.kind"):
         TrainConfig.from_yaml(bad)
     with pytest.raises(MediADError, match="already holds a run"):
-        train(config(tiny_cohort, tmp_path / "cache"), run, show_progress=False)
+        train(tiny_train_config(tiny_cohort, tmp_path / "cache"), run, show_progress=False)
     flat = tmp_path / "slice.nii.gz"
     nib.save(nib.Nifti1Image(np.random.rand(32, 32).astype(np.float32), np.eye(4)), flat)
     with pytest.raises(ImageError, match="is a 2D image"):
