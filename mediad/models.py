@@ -53,7 +53,7 @@ KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 TASKS: dict[str, tuple[str, ...]] = {"cn_mci_ad": ("CN", "MCI", "AD"), "cn_ad": ("CN", "AD")}
 TEXT_DIM = 384
 #: Bumped whenever a change makes older checkpoints unloadable; checkpoints record it.
-ARCHITECTURE = 2
+ARCHITECTURE = 4
 N_CONFOUNDERS = 3  # age (z), sex, vascular risk: what metadata_norm / cf_adversarial see
 
 
@@ -149,6 +149,15 @@ class MultimodalNet(nn.Module):
         self.fusion_kind = "xattn" if c.kind in ("mediad", "xattn") else "concat"
         n_classes = len(c.classes)
         self.image = ImageEncoder(c.image, d, image_size) if self.use_image else None
+        if self.image is not None:
+            # Images are in one atlas-like space, so *where* a feature is matters (the
+            # hippocampus is always in the same place): learned token positions for the
+            # attention paths, and a position-aware pooling for the concat paths.
+            with torch.no_grad():
+                n_tokens = self.image(torch.zeros(1, 1, *image_size)).shape[1]
+            self.image_pos = nn.Parameter(torch.zeros(1, n_tokens, d))
+            self.image_pool = nn.Sequential(nn.Flatten(), nn.Dropout(c.dropout),
+                                            nn.Linear(n_tokens * d, d), nn.LayerNorm(d))
         self.text = nn.Sequential(nn.Linear(TEXT_DIM, d), nn.LayerNorm(d)) if (
             self.use_text) else None
         self.tabular = TabularEncoder(len(c.tabular_fields), d) if c.use_tabular else None
@@ -186,7 +195,7 @@ class MultimodalNet(nn.Module):
         b, d = ref.shape[0], self.config.d_model
         device = ref.device
         if self.image is not None:
-            v = self.image(batch["image"]) + self.modality[0]
+            v = self.image(batch["image"]) + self.image_pos + self.modality[0]
             v_mask = batch["has_image"].float().unsqueeze(1).expand(-1, v.shape[1])
         else:
             v = torch.zeros(b, 1, d, device=device)
@@ -214,7 +223,7 @@ class MultimodalNet(nn.Module):
         else:
             streams = []
             if self.use_image:
-                streams.append(masked_mean(v, v_mask))
+                streams.append(self.image_pool(v) * v_mask[:, :1])
             if self.use_text or self.tabular is not None:
                 streams.append(masked_mean(t, t_mask))
             pooled = torch.cat(streams, 1) if streams else torch.zeros_like(v[:, 0])

@@ -56,7 +56,7 @@ Shift = Literal["none", "removed", "reversed"]
 
 # MNI coordinates (mm) of the left/right hippocampal bodies and their ellipsoid radii.
 HIPPOCAMPUS_CENTERS_MM = ((-26.0, -22.0, -14.0), (28.0, -22.0, -14.0))
-HIPPOCAMPUS_RADII_MM = (7.0, 16.0, 8.0)
+HIPPOCAMPUS_RADII_MM = (10.0, 20.0, 11.0)  # hippocampus + amygdala + entorhinal
 VENTRICLES_CENTER_MM = (0.0, -8.0, 14.0)
 VENTRICLES_RADII_MM = (24.0, 34.0, 16.0)
 
@@ -282,7 +282,7 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
     t1, gm, wm = sample(tpl.t1), sample(tpl.gm), sample(tpl.wm)
     roi = roi.reshape(grid_shape)
     # Tissue loss becomes CSF (dark on T1): medial-temporal grey matter with h, cortex with g.
-    t1 = t1 * (1.0 - np.clip(gm * (1.6 * h * roi + 0.45 * g), 0.0, 0.9))
+    t1 = t1 * (1.0 - np.clip(gm * (2.5 * h * roi + 0.45 * g), 0.0, 0.9))
 
     # White-matter lesions (T1-hypointense foci) from the vascular burden.
     deep_wm = np.argwhere(wm > 0.9)
