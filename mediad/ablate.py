@@ -63,7 +63,7 @@ class AblationConfig(BaseModel):
     spacing: float = 3.0
     shape: tuple[int, int, int] = (48, 48, 48)
     epochs: int = Field(20, ge=1)
-    patience: int = Field(5, ge=1)
+    patience: int = Field(6, ge=1)
     batch_size: int = 8
     lr: float = 1e-3
     exclude_fields: list[str] = Field(default_factory=lambda: list(SCORES))
@@ -88,7 +88,7 @@ class AblationConfig(BaseModel):
 #: About 15 minutes on 2 CPU cores: the comparison the study exists for, one seed.
 QUICK = AblationConfig(variants=["concat", "mediad", "mediad_augment"],
                        confounding=[0.0, 0.8], seeds=[0], n_train=200, n_shifted=100,
-                       epochs=15, n_bootstrap=300)
+                       epochs=20, patience=6, n_bootstrap=300)
 
 COLUMNS = ["variant", "confounding", "seed", "n_test", "bacc_test", "bacc_test_low",
            "bacc_test_high", "n_shifted", "bacc_shifted", "bacc_shifted_low",

@@ -83,6 +83,8 @@ class OptimConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     patience: int = Field(6, ge=1, description="Epochs without validation improvement.")
+    min_epochs: int = Field(8, ge=1, description="No early stop before this epoch (image "
+                            "features often start to learn only after a few epochs).")
     class_weighting: bool = True
     seed: int = Field(0, ge=0)
 
@@ -552,7 +554,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                            + (" (best)" if improved else ""))
         if d.world > 1:
             dist.barrier()
-        if state["stale"] >= oc.patience:
+        if state["stale"] >= oc.patience and epoch >= oc.min_epochs:
             break
     return _finish(config, out, model, eval_loaders, device, state, meta, d)
 

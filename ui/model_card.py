@@ -1,0 +1,50 @@
+"""Model card: what the loaded model is, what it was trained on, how well, and its limits."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import banner, current_predictor
+
+st.title("Model card")
+banner()
+predictor = current_predictor()
+if predictor is None:
+    st.stop()
+ck, cfg = predictor.ck, predictor.config
+st.subheader("Provenance")
+st.table(pd.Series({**predictor.model_info(), "classes": ", ".join(predictor.classes),
+                    "summary fields": ", ".join(ck.get("summary_fields") or []) or "none",
+                    "training subjects": len(ck.get("train_subjects", []))}, name="value"))
+st.subheader("Training data")
+card = Path(cfg.data.manifest).parent / "dataset_card.md"
+if card.is_file():
+    with st.expander("Dataset card of the training cohort", expanded=False):
+        st.markdown(card.read_text(encoding="utf-8"))
+else:
+    st.write(f"Manifest: `{cfg.data.manifest}` (no dataset card found beside it).")
+st.subheader("Metrics (held-out split of the training cohort)")
+metrics = ck.get("metrics", {})
+rows = {k: v for k, v in metrics.items() if isinstance(v, dict)}
+if rows:
+    st.dataframe(pd.DataFrame(rows).T, width="stretch")
+st.subheader("Intended use and limits")
+st.markdown("""
+- **Research use only.** Not a medical device; not for diagnosis or any clinical decision.
+- Trained on **synthetic** subjects (MediAD's structural causal model on the MNI152 template)
+  unless you trained it on your own data. Real scanners, protocols and populations differ.
+- If MMSE or CDR-SB were inputs, accuracy is inflated: ADNI defines the diagnosis partly from
+  them.
+- Probabilities are not calibrated clinical risks; check the reliability diagram of a
+  cohort evaluation before reading them as such.
+- The causal head adjusts for the confounders it was given (age, sex, vascular risk; scanner
+  through the front door). It cannot remove confounding it never saw.
+- Summaries never contain the diagnosis or identifiers; free-text notes are quoted as data.
+""")
+st.subheader("Configuration")
+st.code(cfg.to_yaml(), language="yaml")
