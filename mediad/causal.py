@@ -104,7 +104,8 @@ class Mediator(nn.Module):
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q = self.query.expand(z.shape[0], -1, -1)
-        return masked_attention(self.attn, q, z, mask)[:, 0]
+        # residual to the token mean: training starts from a usable summary of X
+        return masked_attention(self.attn, q, z, mask)[:, 0] + masked_mean(z, mask)
 
 
 class FrontDoorAdjustment(nn.Module):

@@ -389,6 +389,53 @@ def ablate(
               markup=False)
 
 
+@app.command("app")
+@_friendly
+def app_cmd(
+    host: Annotated[str, typer.Option(help="Address to listen on (local only by "
+                                      "default).")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data folder (default "
+                                                  "$MEDIAD_DATA_DIR or ./mediad-data).")] = None,
+    demo_assets: Annotated[bool, typer.Option("--demo/--no-demo", help="Build the demo "
+                                              "cohort and model first if absent.")] = True,
+) -> None:
+    """Launch the Streamlit app (research use only) and print its URL."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from mediad.demo import ensure_demo_cohort, ensure_demo_model
+
+    if data_dir is not None:
+        os.environ["MEDIAD_DATA_DIR"] = str(data_dir.resolve())
+    if demo_assets:
+        with _progress("demo cohort") as update:
+            ensure_demo_cohort(progress=update)
+        with _progress("held-out demo cohort") as update:
+            ensure_demo_cohort(progress=update, shifted=True)
+        out.print("Demo model: training it the first time (about a minute)…")
+        ensure_demo_model()
+    script = Path(__file__).resolve().parents[1] / "ui" / "app.py"
+    if not script.is_file():
+        raise MediADError(f"the app is not found at {script}; run from a source checkout")
+    if port is None:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    out.print(f"[bold]MediAD[/] (research use only) at [link]http://{host}:{port}[/link] — "
+              "Ctrl+C to stop")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host,
+           "--server.port", str(port), "--server.headless", "true",
+           "--browser.gatherUsageStats", "false", "--server.maxUploadSize",
+           os.environ.get("MEDIAD_MAX_UPLOAD_MB", "256")]
+    try:
+        raise typer.Exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
 @app.command()
 @_friendly
 def demo(

@@ -53,7 +53,7 @@ KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 TASKS: dict[str, tuple[str, ...]] = {"cn_mci_ad": ("CN", "MCI", "AD"), "cn_ad": ("CN", "AD")}
 TEXT_DIM = 384
 #: Bumped whenever a change makes older checkpoints unloadable; checkpoints record it.
-ARCHITECTURE = 4
+ARCHITECTURE = 6
 N_CONFOUNDERS = 3  # age (z), sex, vascular risk: what metadata_norm / cf_adversarial see
 
 
@@ -196,6 +196,8 @@ class MultimodalNet(nn.Module):
         device = ref.device
         if self.image is not None:
             v = self.image(batch["image"]) + self.image_pos + self.modality[0]
+            if self.fusion_kind == "xattn":  # plus one position-aware whole-image token
+                v = torch.cat([self.image_pool(v).unsqueeze(1), v], 1)
             v_mask = batch["has_image"].float().unsqueeze(1).expand(-1, v.shape[1])
         else:
             v = torch.zeros(b, 1, d, device=device)

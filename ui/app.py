@@ -9,12 +9,13 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-st.set_page_config(page_title="MediAD (research use only)", page_icon="🧠", layout="wide")
+st.set_page_config(page_title="MediAD (research use only)", page_icon=":material/neurology:",
+                   layout="wide")
 here = Path(__file__).parent
 pages = st.navigation([
-    st.Page(str(here / "patient.py"), title="Patient", icon="🧑‍⚕️", default=True),
-    st.Page(str(here / "cohort.py"), title="Cohort", icon="📊"),
-    st.Page(str(here / "ablations.py"), title="Ablations", icon="🧪"),
-    st.Page(str(here / "model_card.py"), title="Model card", icon="📄"),
+    st.Page(str(here / "patient.py"), title="Patient", icon=":material/person:", default=True),
+    st.Page(str(here / "cohort.py"), title="Cohort", icon=":material/analytics:"),
+    st.Page(str(here / "ablations.py"), title="Ablations", icon=":material/science:"),
+    st.Page(str(here / "model_card.py"), title="Model card", icon=":material/description:"),
 ])
 pages.run()

@@ -13,12 +13,14 @@ from mediad.demo import data_dir
 from mediad.errors import MediADError
 from mediad.predict import RESEARCH_NOTICE, Predictor
 
-MAX_UPLOAD_MB = int(os.environ.get("MEDIAD_MAX_UPLOAD_MB", "256"))
+
+def max_upload_mb() -> float:
+    return float(os.environ.get("MEDIAD_MAX_UPLOAD_MB", "256"))
 
 
 def banner() -> None:
     st.warning(f"**{RESEARCH_NOTICE}** Outputs are for research on de-identified data.",
-               icon="⚠️")
+               icon=":material/warning:")
 
 
 def models_dir() -> Path:
@@ -74,9 +76,9 @@ def save_upload(uploaded: object, kind: str) -> Path:
     """
     data = uploaded.getvalue()  # type: ignore[attr-defined]
     name = str(getattr(uploaded, "name", "")).lower()
-    if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
-        raise MediADError(f"the file is {len(data) / 2**20:.0f} MB; the limit is "
-                          f"{MAX_UPLOAD_MB} MB")
+    if len(data) > max_upload_mb() * 1024 * 1024:
+        raise MediADError(f"the file is {len(data) / 2**20:.1f} MB; the limit is "
+                          f"{max_upload_mb():g} MB")
     suffixes = {"mri": (".nii.gz", ".nii"), "record": (".json", ".csv")}[kind]
     suffix = next((s for s in suffixes if name.endswith(s)), None)
     if suffix is None:

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def app_data(tiny_run: Path, held_out_cohort: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> Path:
+    """A data folder laid out like `make demo` leaves it, with the tiny model and cohort."""
+    root = tmp_path_factory.mktemp("appdata")
+    (root / "demo-model").mkdir()
+    shutil.copy(tiny_run / "best.pt", root / "demo-model" / "best.pt")
+    shutil.copytree(held_out_cohort, root / "demo-shifted")
+    abl = root / "ablation-run"
+    abl.mkdir()
+    (abl / "ablation.csv").write_text(
+        "variant,confounding,seed,n_test,bacc_test,bacc_test_low,bacc_test_high,n_shifted,"
+        "bacc_shifted,bacc_shifted_low,bacc_shifted_high,drop,best_epoch,train_seconds\n"
+        "concat,0.8,0,30,0.8,0.7,0.9,100,0.5,0.4,0.6,0.3,5,10\n")
+    (abl / "ablation.md").write_text("# x\n\n## Verdict\n- Confounding 0.8: no clear "
+                                     "difference between mediad and concat under shift.\n\n"
+                                     "## Results\n")
+    return root
+
+
+@pytest.fixture
+def app_env(app_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDIAD_DATA_DIR", str(app_data))
+    monkeypatch.setenv("MEDIAD_MODELS_DIR", str(app_data))
+    return app_data
