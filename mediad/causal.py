@@ -102,10 +102,12 @@ class Mediator(nn.Module):
         self.query = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
         self.attn = nn.MultiheadAttention(d_model, heads, batch_first=True)
 
-    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, mask: torch.Tensor,
+                base: torch.Tensor | None = None) -> torch.Tensor:
+        """``base``: a starting summary of X the attention refines (default: token mean)."""
         q = self.query.expand(z.shape[0], -1, -1)
-        # residual to the token mean: training starts from a usable summary of X
-        return masked_attention(self.attn, q, z, mask)[:, 0] + masked_mean(z, mask)
+        start = masked_mean(z, mask) if base is None else base
+        return masked_attention(self.attn, q, z, mask)[:, 0] + start
 
 
 class FrontDoorAdjustment(nn.Module):

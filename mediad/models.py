@@ -53,7 +53,7 @@ KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 TASKS: dict[str, tuple[str, ...]] = {"cn_mci_ad": ("CN", "MCI", "AD"), "cn_ad": ("CN", "AD")}
 TEXT_DIM = 384
 #: Bumped whenever a change makes older checkpoints unloadable; checkpoints record it.
-ARCHITECTURE = 6
+ARCHITECTURE = 7
 N_CONFOUNDERS = 3  # age (z), sex, vascular risk: what metadata_norm / cf_adversarial see
 
 
@@ -242,7 +242,15 @@ class MultimodalNet(nn.Module):
             return ModelOutput(log_probs, log_probs, losses, pooled.detach())
 
         assert self.mediator is not None
-        m = self.mediator(z, z_mask)
+        # start the mediator from the whole-image token and the mean record token: the
+        # local tokens refine it through attention instead of diluting it
+        n_v = v.shape[1]
+        summary = torch.cat([z[:, :1], masked_mean(z[:, n_v:], z_mask[:, n_v:]).unsqueeze(1)],
+                            1)
+        summary_mask = torch.stack([z_mask[:, 0], (z_mask[:, n_v:].sum(1) > 0).float()], 1)
+        if self.image is None:
+            summary_mask[:, 0] = 0
+        m = self.mediator(z, z_mask, masked_mean(summary, summary_mask))
         h_in = torch.cat([m, self.front_door(m)], 1) if self.front_door is not None else m
         h = self.hidden(h_in)
         if self.back_door is not None:

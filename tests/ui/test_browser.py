@@ -1,0 +1,91 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright against the app
+served on 127.0.0.1 (never `playwright install`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+UI = Path(__file__).resolve().parents[2] / "ui" / "app.py"
+CHROMIUM = os.environ.get("MEDIAD_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def server(app_data: Path) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MEDIAD_DATA_DIR": str(app_data), "MEDIAD_MODELS_DIR": str(app_data)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(UI), "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not start: " + proc.stdout.read(4000).decode())  # type: ignore[union-attr]
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_upload_predict_and_screenshot(server: str, app_data: Path, tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: `apt-get install chromium` (the "
+                    "Makefile's test target does this) or set MEDIAD_CHROMIUM")
+    from playwright.sync_api import sync_playwright
+
+    manifest = (app_data / "demo-shifted" / "manifest.csv").read_text().splitlines()
+    header, first = manifest[0].split(","), manifest[1].split(",")
+    row = dict(zip(header, first, strict=True))
+    mri = app_data / "demo-shifted" / row["mri_path"]
+    upload = tmp_path / "scan.nii.gz"
+    shutil.copy(mri, upload)
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps({"subject_id": "E2E-1", "age": float(row["age"]),
+                                  "sex": row["sex"], "hypertension": True, "apoe4": 1}))
+    shots = Path(os.environ.get("MEDIAD_SCREENSHOTS", tmp_path))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 2000})
+        page.goto(server, timeout=60_000)
+        page.get_by_text("Research use only").first.wait_for(timeout=60_000)
+        page.locator("input[type=file]").first.set_input_files(str(upload))
+        page.get_by_text("MRI loaded.").wait_for(timeout=60_000)
+        page.get_by_role("tab", name="JSON file").click()
+        page.locator("input[type=file]").nth(1).set_input_files(str(record))
+        page.get_by_text("Record accepted.").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Predict").click()
+        page.get_by_text("Probabilities", exact=True).wait_for(timeout=120_000)
+        page.get_by_text("Clinical summary", exact=True).wait_for(timeout=60_000)
+        page.get_by_text("Demographics:").first.wait_for(timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        body = page.inner_text("body")
+        assert "Suggestion" in body and "Demographics:" in body
+        assert "E2E-1" not in body  # the identifier is never shown
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(shots / "patient-e2e.png"), full_page=True)
+        browser.close()
+    assert (shots / "patient-e2e.png").stat().st_size > 10_000
