@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mediad import __version__
 from mediad.errors import MediADError
+from mediad.io import atomic_write_text
 
 __all__ = ["app"]
 
@@ -219,10 +220,7 @@ def schemas(
             continue
         stale.append(name)
         if not check:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(target)
+            atomic_write_text(target, text)
     if check and stale:
         raise MediADError(f"out of date in {out_dir}: {', '.join(stale)}; run "
                           "`mediad schemas` to regenerate")
@@ -333,9 +331,7 @@ def predict(
     result = Predictor(ck, task=task).predict(mri, rec)
     text = result.model_dump_json(indent=2)
     if out_file:
-        tmp = out_file.with_name(f".{out_file.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_file)
+        atomic_write_text(out_file, text)
     out.print(text, highlight=False, markup=False)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from monai.transforms import Compose, MapTransform
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mediad.errors import InputError, LeakageError
+from mediad.io import atomic_write_text
 from mediad.records import ClinicalRecord
 
 __all__ = [
@@ -67,12 +67,7 @@ class Splits(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file, then rename)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(self.model_dump_json(indent=2), encoding="utf-8")
-        os.replace(tmp, p)
-        return p
+        return atomic_write_text(path, self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> Splits:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mediad.errors import ImageError, LeakageError
-from mediad.io import atomic_path, atomic_write_text
+from mediad.io import atomic_path, atomic_write_text, complete_lines
 from mediad.predict import RESEARCH_NOTICE, Predictor
 from mediad.records import DIAGNOSES, LABEL_DEFINING_FIELDS, ManifestRow, load_manifest
 
@@ -139,15 +139,8 @@ def _columns(classes: Sequence[str]) -> list[str]:
 
 
 def _read_done(partial: Path) -> set[tuple[str, str]]:
-    """Keys already written; a torn last line (crash mid-write) is cut off."""
-    if not partial.exists():
-        return set()
-    data = partial.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        with open(partial, "r+b") as fh:
-            fh.truncate(len(keep))
-    rows = list(csv.DictReader(io.StringIO(keep.decode("utf-8"))))
+    """Keys already written (a torn last line from a crash mid-write is cut off)."""
+    rows = csv.DictReader(io.StringIO(complete_lines(partial)))
     return {(r["subject_id"], r["visit"]) for r in rows}
 
 

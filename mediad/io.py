@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "complete_lines"]
 
 
 @contextmanager
@@ -36,3 +36,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def complete_lines(path: str | Path) -> str:
+    """The text of an append-only file up to its last newline, cutting off a torn last line.
+
+    A crash while appending leaves a partial line; resuming writers call this first so the
+    file they append to is valid again.
+    """
+    p = Path(path)
+    if not p.exists():
+        return ""
+    data = p.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        with open(p, "r+b") as fh:
+            fh.truncate(len(keep))
+    return keep.decode("utf-8")

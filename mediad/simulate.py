@@ -493,12 +493,6 @@ must not take. Evaluate on a `shift=reversed` cohort to see who took it.
 """
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool = False,
                     progress: Callable[[int, int], None] | None = None) -> Path:
     """Draw a cohort and write it to ``out_dir`` (all or nothing).

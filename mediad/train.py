@@ -41,6 +41,7 @@ from mediad.data import (
 from mediad.encoders import TextEmbedder, tabular_features
 from mediad.errors import InputError, MediADError
 from mediad.imaging import ImagingConfig, build_transforms
+from mediad.io import atomic_path
 from mediad.models import ARCHITECTURE, ModelConfig, MultimodalNet, TabularBaseline, build_model
 from mediad.records import ClinicalRecord, ManifestRow, load_manifest
 from mediad.summarize import Summarizer, SummaryConfig
@@ -140,9 +141,8 @@ class TrainResult:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mediad.errors import InputError
+from mediad.io import complete_lines
 from mediad.records import ClinicalRecord
 from mediad.summarize.summarizer import Summarizer
 
@@ -40,16 +41,9 @@ class BatchResult:
 
 
 def _partial_rows(partial: Path) -> set[tuple[str, str]]:
-    """Keys already written; truncates a torn last line left by a crash."""
-    if not partial.exists():
-        return set()
-    data = partial.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        with open(partial, "r+b") as fh:
-            fh.truncate(len(keep))
+    """Keys already written (a torn last line from a crash is cut off)."""
     done = set()
-    for line in keep.decode("utf-8").splitlines():
+    for line in complete_lines(partial).splitlines():
         row = json.loads(line)
         done.add((row["subject_id"], row["visit"]))
     return done
