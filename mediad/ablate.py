@@ -240,6 +240,7 @@ def verdicts(out: Path, cfg: AblationConfig, reference: str = "concat",
     rng = np.random.default_rng(0)
     for conf in cfg.confounding:
         diffs, point = [], []
+        drops: dict[str, list[float]] = {reference: [], candidate: []}
         for seed in cfg.seeds:
             data = {}
             for v in (reference, candidate):
@@ -250,7 +251,9 @@ def verdicts(out: Path, cfg: AblationConfig, reference: str = "concat",
             if len(data) < 2:
                 continue
             (rt, rs), (ct, cs) = data[reference], data[candidate]
-            point.append(_drop(rt, rs) - _drop(ct, cs))
+            drops[reference].append(_drop(rt, rs))
+            drops[candidate].append(_drop(ct, cs))
+            point.append(drops[reference][-1] - drops[candidate][-1])
             for _ in range(cfg.n_bootstrap):
                 it = rng.integers(0, len(rt["y"]), len(rt["y"]))
                 ish = rng.integers(0, len(rs["y"]), len(rs["y"]))
@@ -265,9 +268,11 @@ def verdicts(out: Path, cfg: AblationConfig, reference: str = "concat",
             word = f"{candidate} loses MORE accuracy under shift than {reference}"
         else:
             word = f"no clear difference between {candidate} and {reference} under shift"
-        lines.append(f"Confounding {conf:g}: {word} — its drop is {100 * gain:+.1f} points "
-                     f"smaller (95 % CI {100 * lo:+.1f} to {100 * hi:+.1f}; "
-                     f"{len(point)} seed(s)).")
+        lines.append(f"Confounding {conf:g}: {word}. Drop under shift: {reference} "
+                     f"{100 * np.mean(drops[reference]):.1f} points, {candidate} "
+                     f"{100 * np.mean(drops[candidate]):.1f} points; {reference} minus "
+                     f"{candidate} = {100 * gain:+.1f} points (95 % CI {100 * lo:+.1f} to "
+                     f"{100 * hi:+.1f}; {len(point)} seed(s)).")
     return lines
 
 
@@ -313,12 +318,13 @@ def write_summary(out: Path, cfg: AblationConfig) -> None:
     lines = ["| variant | confounding | seeds | in-distribution | shifted | drop |",
              "|---|---|---|---|---|---|"]
     counts = frame.groupby(["variant", "confounding"]).size()
-    for _, r in mean.iterrows():
+    for r in mean.to_dict("records"):  # dicts: a Series has a .drop method
         lines.append(
-            f"| {r.variant} | {r.confounding:g} | {counts[(r.variant, r.confounding)]} | "
-            f"{r.bacc_test:.3f} ({r.bacc_test_low:.3f}–{r.bacc_test_high:.3f}) | "
-            f"{r.bacc_shifted:.3f} ({r.bacc_shifted_low:.3f}–{r.bacc_shifted_high:.3f}) | "
-            f"{100 * r.drop:+.1f} |")
+            f"| {r['variant']} | {r['confounding']:g} | "
+            f"{counts[(r['variant'], r['confounding'])]} | "
+            f"{r['bacc_test']:.3f} ({r['bacc_test_low']:.3f}–{r['bacc_test_high']:.3f}) | "
+            f"{r['bacc_shifted']:.3f} ({r['bacc_shifted_low']:.3f}–"
+            f"{r['bacc_shifted_high']:.3f}) | {100 * r['drop']:+.1f} |")
     verdict = verdicts(out, cfg) or ["Not enough cells yet for the MediAD vs concat verdict."]
     text = "\n".join([
         "# MediAD confounder ablation", "", f"> **{RESEARCH_NOTICE}**", "",
