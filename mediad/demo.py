@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mediad.errors import MediADError
-from mediad.simulate import SimulationConfig, simulate_cohort
+from mediad.simulate import SIMULATOR_VERSION, SimulationConfig, simulate_cohort
 
 __all__ = [
     "DEMO_COHORT",
@@ -44,7 +45,8 @@ def _same_cohort(folder: Path, cfg: SimulationConfig) -> bool:
     except (OSError, ValueError):
         return False
     want = cfg.model_dump(mode="json", exclude={"workers"})
-    return card.get("config") == want and (folder / "manifest.csv").is_file()
+    return (card.get("config") == want and card.get("simulator_version") == SIMULATOR_VERSION
+            and (folder / "manifest.csv").is_file())
 
 
 def ensure_demo_cohort(root: Path | None = None,
@@ -75,13 +77,17 @@ def ensure_demo_model(root: Path | None = None, show_progress: bool = True
     root = root or data_dir()
     folder = root / "demo-model"
     best = folder / "best.pt"
+    cohort, _ = ensure_demo_cohort(root)
+    source = hashlib.sha256((cohort / "dataset_card.json").read_bytes()).hexdigest()
     if best.is_file() and (folder / "metrics.json").is_file():
         try:
             load_checkpoint(best)
-            return best, False
-        except MediADError:  # made by an older version: rebuild
-            shutil.rmtree(folder)
-    cohort, _ = ensure_demo_cohort(root)
+            stamp = json.loads((folder / "source.json").read_text(encoding="utf-8"))
+            if stamp.get("cohort") == source:
+                return best, False
+        except (MediADError, OSError, ValueError):
+            pass
+        shutil.rmtree(folder)  # an older version, or another cohort: rebuild
     config = TrainConfig.from_yaml(DEMO_CONFIG)
     config = config.model_copy(update={"data": config.data.model_copy(update={
         "manifest": cohort / "manifest.csv", "cache_dir": root / "cache"})})
@@ -90,4 +96,5 @@ def ensure_demo_model(root: Path | None = None, show_progress: bool = True
               show_progress=show_progress)
     else:
         train(config, folder, show_progress=show_progress)
+    (folder / "source.json").write_text(json.dumps({"cohort": source}), encoding="utf-8")
     return best, True

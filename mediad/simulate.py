@@ -44,6 +44,7 @@ from mediad.records import DIAGNOSES, ClinicalRecord, to_adnimerge_row
 
 __all__ = [
     "HIPPOCAMPUS_CENTERS_MM",
+    "SIMULATOR_VERSION",
     "SITES",
     "SimulationConfig",
     "SiteProfile",
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 Shift = Literal["none", "removed", "reversed"]
+#: Bumped when the mechanisms change, so cached cohorts (the demo's) are rebuilt.
+SIMULATOR_VERSION = 2
 
 # MNI coordinates (mm) of the left/right hippocampal bodies and their ellipsoid radii.
 HIPPOCAMPUS_CENTERS_MM = ((-26.0, -22.0, -14.0), (28.0, -22.0, -14.0))
@@ -546,8 +549,8 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool 
         seconds = time.perf_counter() - started
         data_cfg = cfg.model_dump(mode="json", exclude={"workers"})  # no effect on the data
         (work / "simulation.yaml").write_text(yaml.safe_dump(data_cfg))
-        (work / "dataset_card.json").write_text(json.dumps({"config": data_cfg, **stats},
-                                                           indent=2))
+        (work / "dataset_card.json").write_text(json.dumps(
+            {"config": data_cfg, "simulator_version": SIMULATOR_VERSION, **stats}, indent=2))
         (work / "dataset_card.md").write_text(_card(cfg, stats, seconds), encoding="utf-8")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
