@@ -153,8 +153,13 @@ class MultimodalNet(nn.Module):
             # Images are in one atlas-like space, so *where* a feature is matters (the
             # hippocampus is always in the same place): learned token positions for the
             # attention paths, and a position-aware pooling for the concat paths.
-            with torch.no_grad():
-                n_tokens = self.image(torch.zeros(1, 1, *image_size)).shape[1]
+            try:
+                with torch.no_grad():
+                    n_tokens = self.image(torch.zeros(1, 1, *image_size)).shape[1]
+            except (ValueError, RuntimeError):
+                raise ValueError(f"image shape {tuple(image_size)} is too small for the "
+                                 f"{c.image.name} encoder, which halves the grid four or more "
+                                 "times; use at least 32 voxels per axis") from None
             self.image_pos = nn.Parameter(torch.zeros(1, n_tokens, d))
             self.image_pool = nn.Sequential(nn.Flatten(), nn.Dropout(c.dropout),
                                             nn.Linear(n_tokens * d, d), nn.LayerNorm(d))

@@ -11,7 +11,7 @@ from mediad.ablate import QUICK, AblationConfig, run_ablation
 from mediad.errors import InputError
 
 TOY = AblationConfig(variants=["concat", "mediad"], confounding=[0.8], seeds=[0], n_train=36,
-                     n_shifted=12, spacing=8.0, shape=(16, 16, 16), epochs=1, patience=1,
+                     n_shifted=12, spacing=8.0, shape=(32, 32, 32), epochs=1, patience=1,
                      n_bootstrap=20)
 
 

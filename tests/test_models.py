@@ -110,3 +110,8 @@ def test_tabular_baseline_round_trip() -> None:
 def test_channels_must_suit_group_norm() -> None:
     with pytest.raises(ValueError, match="multiples of 4"):
         ImageEncoderConfig(channels=(6, 8, 16, 16))
+
+
+def test_too_small_images_are_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="too small for the cnn encoder"):
+        build_model(ModelConfig(kind="image_only", **SMALL), (16, 16, 16))
