@@ -115,3 +115,14 @@ def test_channels_must_suit_group_norm() -> None:
 def test_too_small_images_are_a_clear_error() -> None:
     with pytest.raises(ValueError, match="too small for the cnn encoder"):
         build_model(ModelConfig(kind="image_only", **SMALL), (16, 16, 16))
+
+
+@pytest.mark.parametrize(("name", "size"), [("cnn", 32), ("resnet", 32), ("densenet121", 32),
+                                            ("swinvit", 64)])
+def test_every_image_backbone_gives_tokens(name: str, size: int) -> None:
+    from mediad.encoders import ImageEncoder
+
+    encoder = ImageEncoder(ImageEncoderConfig(name=name), d_model=16, image_size=(size,) * 3)
+    with torch.no_grad():
+        tokens = encoder.eval()(torch.rand(1, 1, size, size, size))
+    assert tokens.ndim == 3 and tokens.shape[0] == 1 and tokens.shape[2] == 16
