@@ -217,7 +217,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
             ``force``, which runs anyway and says so in the report).
         MediADError: bad checkpoint or manifest (named).
     """
-    from mediad.train import _distributed
+    from mediad.train import distributed
 
     out = Path(out_dir)
     predictor = Predictor(checkpoint)
@@ -235,7 +235,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
                         "(--force): their predictions are optimistic.")
     out.mkdir(parents=True, exist_ok=True)
     final = out / "predictions.csv"
-    with _distributed() as d:
+    with distributed() as d:
         if final.exists():
             pass  # a finished run: recompute metrics and report only
         elif d.world == 1:

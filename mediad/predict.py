@@ -17,7 +17,7 @@ from mediad.imaging import build_transforms, load_volume
 from mediad.models import MultimodalNet, TabularBaseline, build_model
 from mediad.records import LABEL_DEFINING_FIELDS, ClinicalRecord
 from mediad.summarize import Summarizer
-from mediad.train import TrainConfig, _cache_root, _summarizer, build_samples, load_checkpoint
+from mediad.train import TrainConfig, build_samples, cache_root, load_checkpoint, make_summarizer
 
 __all__ = ["RESEARCH_NOTICE", "Prediction", "Predictor"]
 
@@ -67,8 +67,8 @@ class Predictor:
         self.summarizer: Summarizer | None = None
         self.embedder: TextEmbedder | None = None
         if self.use_text:
-            root = _cache_root(self.config)
-            self.summarizer = _summarizer(self.config, root)
+            root = cache_root(self.config)
+            self.summarizer = make_summarizer(self.config, root)
             if self.summarizer.template.version != self.ck["template_version"]:
                 raise MediADError(
                     f"{self.path}: trained with summary template {self.ck['template_version']}"

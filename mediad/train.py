@@ -53,8 +53,11 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_samples",
+    "cache_root",
     "classification_metrics",
+    "distributed",
     "load_checkpoint",
+    "make_summarizer",
     "save_checkpoint",
     "train",
 ]
@@ -277,7 +280,7 @@ class _Dist:
 
 
 @contextmanager
-def _distributed() -> Iterator[_Dist]:
+def distributed() -> Iterator[_Dist]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         yield _Dist()
@@ -334,14 +337,16 @@ def _rows_for_task(rows: list[ManifestRow], classes: Sequence[str]) -> list[Mani
     return [r for r in rows if r.diagnosis in classes]
 
 
-def _summarizer(config: TrainConfig, cache_root: Path) -> Summarizer:
+def make_summarizer(config: TrainConfig, cache: Path) -> Summarizer:
+    """The run's summariser, caching under ``cache/summaries`` unless told otherwise."""
     summary = config.data.summary
     if summary.cache_dir is None:
-        summary = summary.model_copy(update={"cache_dir": cache_root / "summaries"})
+        summary = summary.model_copy(update={"cache_dir": cache / "summaries"})
     return Summarizer(summary)
 
 
-def _cache_root(config: TrainConfig) -> Path:
+def cache_root(config: TrainConfig) -> Path:
+    """Where summaries and embeddings are cached: the config's, or the data folder's."""
     from mediad.demo import data_dir
 
     return config.data.cache_dir or (data_dir() / "cache")
@@ -362,7 +367,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False,
     Raises:
         MediADError: bad inputs, an existing run without ``resume``, or leakage.
     """
-    with _distributed() as d:
+    with distributed() as d:
         return _train(config, Path(out_dir), resume, show_progress, max_epochs, d)
 
 
@@ -389,10 +394,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
                 for name in ("train", "val", "test")}
     if d.main:
         (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    cache_root = _cache_root(config)
+    cache = cache_root(config)
     use_image, use_text = config.model.inputs
-    summarizer = _summarizer(config, cache_root) if use_text else None
-    embedder = TextEmbedder(config.data.text_model, cache_root / "embeddings") if (
+    summarizer = make_summarizer(config, cache) if use_text else None
+    embedder = TextEmbedder(config.data.text_model, cache / "embeddings") if (
         use_text) else None
     meta = {
         "format": CHECKPOINT_FORMAT,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,7 @@ if uploaded is not None:
     try:
         saved = save_upload(uploaded, "record")
         # relative MRI paths resolve against the manifest's folder: the data folder
-        manifest = root / ".uploads" / f"{Path(tempfile.mktemp(dir='')).name}.csv"
+        manifest = root / ".uploads" / f"{uuid.uuid4().hex}.csv"
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_bytes(saved.read_bytes())
     except MediADError as exc:
