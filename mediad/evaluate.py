@@ -236,8 +236,8 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     final = out / "predictions.csv"
     with distributed() as d:
-        if final.exists():
-            pass  # a finished run: recompute metrics and report only
+        if final.exists():  # a finished run: only metrics and report are recomputed
+            pass
         elif d.world == 1:
             partial = out / "predictions.csv.partial"
             predict_stream(predictor, rows, partial, batch_size, progress)

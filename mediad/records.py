@@ -509,6 +509,12 @@ def map_table(raw: RawTable, vocabulary: str | None = None) -> RecordTable:
     vocab = VOCABULARIES[vocabulary] if vocabulary else detect_vocabulary(raw.columns)
     used = [c for c in raw.columns if c in vocab.columns]
     ignored = [c for c in raw.columns if c not in vocab.columns]
+
+    def rank(col: str) -> int:  # within a field, preferred source columns are read first
+        preferred = vocab.priority.get(vocab.columns[col][0], ())
+        return preferred.index(col) if col in preferred else 0
+
+    order = sorted(used, key=rank)
     issues: list[Issue] = []
     if ignored:
         issues.append(Issue(
@@ -526,8 +532,6 @@ def map_table(raw: RawTable, vocabulary: str | None = None) -> RecordTable:
             base = Issue("error", "", raw.path, None, subject or f"(item {index + 1})")
         values: dict[str, Any] = {}
         row_issues: list[Issue] = []
-        order = sorted(used, key=lambda c: vocab.priority.get(vocab.columns[c][0], (c,)).index(c)
-                       if c in vocab.priority.get(vocab.columns[c][0], ()) else 0)
         for col in order:
             fld, parse = vocab.columns[col]
             cell = cells.get(col, "")
