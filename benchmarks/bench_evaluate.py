@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from mediad.demo import ensure_demo_cohort, ensure_demo_model
+from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
 
 CHILD = """
 import json, resource, sys, time
-from mediad.evaluate import evaluate
+from mediad.experiments.evaluation import evaluate
 t = time.perf_counter()
 evaluate(sys.argv[1], sys.argv[2], sys.argv[3], n_bootstrap=200)
 print(json.dumps({"seconds": time.perf_counter() - t,

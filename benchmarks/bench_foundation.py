@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from mediad.imaging import ImagingConfig, build_transforms, load_volume
-from mediad.records import load_manifest
-from mediad.simulate import SimulationConfig, _template, simulate_cohort
-from mediad.validate import validate_path
+from mediad.data.imaging import ImagingConfig, build_transforms, load_volume
+from mediad.data.records import load_manifest
+from mediad.data.simulate import SimulationConfig, _template, simulate_cohort
+from mediad.data.validate import validate_path
 
 
 def main() -> None:

@@ -12,14 +12,14 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from mediad.demo import ensure_demo_cohort, ensure_demo_model
-from mediad.encoders import TextEmbedder
-from mediad.imaging import load_volume
-from mediad.models import ModelConfig, build_model
-from mediad.predict import Predictor
-from mediad.records import load_manifest
+from mediad.data.imaging import load_volume
+from mediad.data.records import load_manifest
+from mediad.engine.predictor import Predictor
+from mediad.engine.samples import _batch_to, build_samples, make_dataset
+from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
+from mediad.networks.encoders import TextEmbedder
+from mediad.networks.models import ModelConfig, build_model
 from mediad.summarize import Summarizer, SummaryConfig
-from mediad.train import _batch_to, build_samples, make_dataset
 
 
 def median_time(fn, repeats: int = 15) -> float:

@@ -13,8 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mediad.demo import ensure_demo_cohort
-from mediad.records import load_manifest
+from mediad.data.records import load_manifest
+from mediad.experiments.demo import ensure_demo_cohort
 from mediad.summarize import LlamaCppGenerator, Summarizer, SummaryConfig
 
 

@@ -102,7 +102,7 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Draw a synthetic confounded cohort (volumes, records, manifest, ground truth, card)."""
-    from mediad.simulate import SimulationConfig, simulate_cohort
+    from mediad.data.simulate import SimulationConfig, simulate_cohort
 
     cfg = SimulationConfig(n_subjects=n_subjects, confounding=confounding, shift=shift,
                            seed=seed, spacing=spacing, shape=_parse_shape(shape),
@@ -152,7 +152,7 @@ def validate(
                                                "internal value.")] = False,
 ) -> None:
     """Check inputs like a linter: every problem at once; exit status 1 if any is found."""
-    from mediad.validate import validate_path
+    from mediad.data.validate import validate_path
 
     with _progress("checking MRIs") as update:
         report = validate_path(path, check_voxels=not quick, encoding=encoding, progress=update)
@@ -190,8 +190,8 @@ def split(
     seed: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Split subjects (never visits) into train/val/test, stratified by diagnosis."""
-    from mediad.data import SplitConfig, make_splits
-    from mediad.records import load_records
+    from mediad.data.records import load_records
+    from mediad.data.splits import SplitConfig, make_splits
 
     table = load_records(manifest)
     splits = make_splits(table.rows, SplitConfig(val_fraction=val_fraction,
@@ -210,7 +210,7 @@ def schemas(
                                         "date.")] = False,
 ) -> None:
     """Write (or check) the JSON Schema files of the record models."""
-    from mediad.records import json_schemas
+    from mediad.data.records import json_schemas
 
     stale = []
     for name, text in json_schemas().items():
@@ -251,8 +251,8 @@ def summarize(
     encoding: Annotated[str, typer.Option()] = "utf-8",
 ) -> None:
     """Turn clinical records into verified, templated summaries (never the diagnosis)."""
-    from mediad.demo import data_dir
-    from mediad.records import load_records
+    from mediad.data.records import load_records
+    from mediad.paths import data_dir
     from mediad.summarize import Summarizer, SummaryConfig, summarize_records
 
     config = SummaryConfig(
@@ -294,7 +294,8 @@ def train_cmd(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
 ) -> None:
     """Train MediAD or a baseline (also under `torchrun --nproc_per_node N -m mediad train`)."""
-    from mediad.train import TrainConfig, train
+    from mediad.engine.config import TrainConfig
+    from mediad.engine.trainer import train
 
     result = train(TrainConfig.from_yaml(config), out_dir, resume=resume)
     test = result.metrics.get("test", {})
@@ -317,9 +318,9 @@ def predict(
                                              "(cn_mci_ad or cn_ad).")] = None,
 ) -> None:
     """Predict one subject; prints JSON (probabilities, intervention off, inputs, summary)."""
-    from mediad.demo import data_dir
-    from mediad.predict import Predictor
-    from mediad.records import load_records
+    from mediad.data.records import load_records
+    from mediad.engine.predictor import Predictor
+    from mediad.paths import data_dir
 
     rec = None
     if record is not None:
@@ -348,7 +349,7 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Evaluate a model on a cohort: predictions, metrics with CIs, subgroups, plots, report."""
-    from mediad.evaluate import evaluate
+    from mediad.experiments.evaluation import evaluate
 
     with _progress("predicting") as update:
         result = evaluate(checkpoint, manifest, out_dir, force=force, batch_size=batch_size,
@@ -367,14 +368,14 @@ def evaluate_cmd(
 @_friendly
 def ablate(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder (resumable).")],
-    config: Annotated[Path | None, typer.Option(help="Ablation YAML (see "
-                                                "mediad.ablate.AblationConfig).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Ablation YAML (see mediad."
+                                                "experiments.ablation.AblationConfig).")] = None,
     quick: Annotated[bool, typer.Option(help="concat vs MediAD (+augmentation) at "
                                         "confounding 0 and 0.8, one seed (~15 min on 2 "
                                         "cores).")] = False,
 ) -> None:
     """Train the variant x confounding x seed grid; report in- vs shifted accuracy."""
-    from mediad.ablate import QUICK, AblationConfig, run_ablation
+    from mediad.experiments.ablation import QUICK, AblationConfig, run_ablation
 
     if quick and config:
         raise MediADError("give either --quick or --config, not both")
@@ -402,7 +403,7 @@ def app_cmd(
     import subprocess
     import sys
 
-    from mediad.demo import ensure_demo_cohort, ensure_demo_model
+    from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
 
     if data_dir is not None:
         os.environ["MEDIAD_DATA_DIR"] = str(data_dir.resolve())
@@ -440,8 +441,8 @@ def demo(
                                                   "./mediad-data).")] = None,
 ) -> None:
     """Build the demo cohort (first time only), validate it and say what it holds."""
-    from mediad.demo import ensure_demo_cohort
-    from mediad.validate import validate_path
+    from mediad.data.validate import validate_path
+    from mediad.experiments.demo import ensure_demo_cohort
 
     out.print("[bold]MediAD[/] demo — research use only, not for clinical decisions.")
     with _progress("building the demo cohort") as update:
@@ -456,7 +457,7 @@ def demo(
                           "and run again")
     out.print(f"[green]Valid:[/] {report.n_rows} subjects, {report.n_images} MRIs checked.")
     _print_cohort(folder)
-    from mediad.demo import ensure_demo_model
+    from mediad.experiments.demo import ensure_demo_model
 
     out.print("Demo model (MediAD, MRI + summary + record fields):")
     best, built = ensure_demo_model(data_dir)

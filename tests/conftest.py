@@ -9,8 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mediad.simulate import SimulationConfig, simulate_cohort
-from mediad.train import TrainConfig, train
+from mediad.data.simulate import SimulationConfig, simulate_cohort
+from mediad.engine.config import TrainConfig
+from mediad.engine.trainer import train
 
 SMALL_MODEL = {"image": {"channels": [8, 8, 16, 16]}, "d_model": 16, "heads": 2,
                "n_prototypes": 4, "dropout": 0.0, "use_tabular": True}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mediad import demo
 from mediad.cli import app
+from mediad.experiments import demo
 
 runner = CliRunner()
 

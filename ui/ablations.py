@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import banner, models_dir
+from ui.common import banner, models_dir
 
 st.title("Confounder ablations")
 banner()

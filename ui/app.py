@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import streamlit as st
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 st.set_page_config(page_title="MediAD (research use only)", page_icon=":material/neurology:",
                    layout="wide")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -11,12 +10,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import banner, current_predictor, models_dir, save_upload
-
-from mediad.demo import data_dir
 from mediad.errors import LeakageError, MediADError
-from mediad.evaluate import evaluate
+from mediad.experiments.evaluation import evaluate
+from mediad.paths import data_dir
+from ui.common import banner, current_predictor, models_dir, save_upload
 
 st.title("Cohort evaluation")
 banner()

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from mediad.demo import data_dir
+from mediad import RESEARCH_NOTICE
+from mediad.engine.predictor import Predictor
 from mediad.errors import MediADError
-from mediad.predict import RESEARCH_NOTICE, Predictor
+from mediad.paths import data_dir
 
 
 def max_upload_mb() -> float:

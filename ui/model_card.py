@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import banner, current_predictor
+from ui.common import banner, current_predictor
 
 st.title("Model card")
 banner()
@@ -20,7 +18,7 @@ ck, cfg = predictor.ck, predictor.config
 st.subheader("Provenance")
 st.table(pd.Series({**predictor.model_info(), "classes": ", ".join(predictor.classes),
                     "summary fields": ", ".join(ck.get("summary_fields") or []) or "none",
-                    "training subjects": len(ck.get("train_subjects", []))}, name="value"))
+                    "training subjects": len(ck.get("train_subject_hashes", []))}, name="value"))
 st.subheader("Training data")
 card = Path(cfg.data.manifest).parent / "dataset_card.md"
 if card.is_file():

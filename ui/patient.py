@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -14,13 +12,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import banner, current_predictor, save_upload
-
-from mediad.demo import data_dir
+from mediad.data.records import ClinicalRecord, load_manifest, load_records
+from mediad.engine.explain import saliency
 from mediad.errors import InputError, MediADError
-from mediad.explain import saliency
-from mediad.records import ClinicalRecord, load_manifest, load_records
+from mediad.paths import data_dir
+from ui.common import banner, current_predictor, save_upload
 
 st.title("Patient")
 banner()
@@ -50,7 +46,7 @@ with left:
     if mri is not None and state.get("mri_name") != (mri.name, mri.size):
         try:
             path = save_upload(mri, "mri")
-            from mediad.imaging import inspect_volume
+            from mediad.data.imaging import inspect_volume
 
             inspect_volume(path)
             state["mri_path"], state["mri_name"] = str(path), (mri.name, mri.size)
@@ -197,7 +193,7 @@ if mri_path:
                     state["saliency_key"] = key
             volume, heat, explained = state["saliency"]
         else:
-            from mediad.imaging import load_volume
+            from mediad.data.imaging import load_volume
 
             volume = load_volume(mri_path, transforms=predictor.transforms)[0].numpy()
             heat, explained = None, None

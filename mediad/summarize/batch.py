@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mediad.data.records import ClinicalRecord
 from mediad.errors import InputError
 from mediad.io import complete_lines
-from mediad.records import ClinicalRecord
 from mediad.summarize.summarizer import Summarizer
 
 __all__ = ["BatchResult", "read_summaries", "summarize_records"]

@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mediad.data.records import LABEL_DEFINING_FIELDS, ClinicalRecord
 from mediad.errors import MediADError
-from mediad.records import LABEL_DEFINING_FIELDS, ClinicalRecord
 from mediad.summarize.backends import (
     LOCAL_MODELS,
     DecodingSettings,

@@ -21,8 +21,8 @@ import jinja2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mediad.data.records import ClinicalRecord
 from mediad.errors import MediADError
-from mediad.records import ClinicalRecord
 
 __all__ = [
     "DIAGNOSIS_TERMS",

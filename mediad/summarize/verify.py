@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from mediad.records import ClinicalRecord
+from mediad.data.records import ClinicalRecord
 from mediad.summarize.template import (
     DIAGNOSIS_TERMS,
     IDENTIFIER_PATTERNS,

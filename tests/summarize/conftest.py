@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from mediad.records import ClinicalRecord
+from mediad.data.records import ClinicalRecord
 from mediad.summarize import DecodingSettings, Generator, PromptRequest, SummaryTemplate
 from mediad.summarize.template import load_template
 

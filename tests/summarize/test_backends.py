@@ -13,8 +13,8 @@ from typing import ClassVar
 
 import pytest
 
+from mediad.data.records import ClinicalRecord
 from mediad.errors import MediADError
-from mediad.records import ClinicalRecord
 from mediad.summarize import (
     LlamaCppGenerator,
     OpenAIGenerator,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mediad.records import ClinicalRecord
+from mediad.data.records import ClinicalRecord
 from mediad.summarize import Summarizer, SummaryConfig, read_summaries, summarize_records
 
 from .conftest import EchoGenerator

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mediad.data.records import ClinicalRecord
 from mediad.errors import MediADError
-from mediad.records import ClinicalRecord
 from mediad.summarize import (
     DecodingSettings,
     GenerationError,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from mediad.data.records import ClinicalRecord
 from mediad.errors import MediADError
-from mediad.records import ClinicalRecord
 from mediad.summarize import SummaryTemplate, load_template, verify_summary
 
 

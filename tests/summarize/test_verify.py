@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mediad.records import ClinicalRecord
+from mediad.data.records import ClinicalRecord
 from mediad.summarize import SummaryTemplate, verify_section, verify_summary
 
 

@@ -1,0 +1,594 @@
+"""The synthetic confounded cohort: a structural causal model drawn on a real brain template.
+
+Real ADNI/NACC data cannot ship, so tests, demos and ablations use subjects drawn from the
+SCM of DESIGN.md on the MNI152 2009 template that nilearn ships (no download):
+
+* site S is recruited through **selection bias**: P(S | D) ∝ exp(confounding · γ[S, D])
+  (a memory clinic recruits mostly AD, a community site mostly CN);
+* D ← age, APOE4 (ordinal logit); ``shift`` removes or reverses the S–D and age–D links;
+* image ← D: hippocampal (medial-temporal) atrophy, CN < MCI < AD — the causal signal;
+* image ← age: global atrophy (cortical thinning, ventricle enlargement);
+* image ← V (vascular burden, latent): T1-hypointense white-matter lesions;
+* image ← S: contrast (gamma), blur, noise, bias field, intensity scale and the on-disk
+  orientation/dtype — the unobserved confounder, chosen to survive intensity normalisation;
+* scores (MMSE, CDR-SB, ADAS13, FAQ) ← D (strongly), V, education, noise.
+
+Each subject's causes are saved in ``ground_truth.csv``; ``dataset_card.md`` says what was
+drawn and how well the causes (and the site alone) predict the diagnosis.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import ndimage
+
+from mediad.data.records import DIAGNOSES, ClinicalRecord, to_adnimerge_row
+from mediad.errors import MediADError
+
+__all__ = [
+    "HIPPOCAMPUS_CENTERS_MM",
+    "SIMULATOR_VERSION",
+    "SITES",
+    "SimulationConfig",
+    "SiteProfile",
+    "draw_population",
+    "render_subject",
+    "simulate_cohort",
+]
+
+Shift = Literal["none", "removed", "reversed"]
+#: Bumped when the mechanisms change, so cached cohorts (the demo's) are rebuilt.
+SIMULATOR_VERSION = 2
+
+# MNI coordinates (mm) of the left/right hippocampal bodies and their ellipsoid radii.
+HIPPOCAMPUS_CENTERS_MM = ((-26.0, -22.0, -14.0), (28.0, -22.0, -14.0))
+HIPPOCAMPUS_RADII_MM = (10.0, 20.0, 11.0)  # hippocampus + amygdala + entorhinal
+VENTRICLES_CENTER_MM = (0.0, -8.0, 14.0)
+VENTRICLES_RADII_MM = (24.0, 34.0, 16.0)
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """One site's recruitment bias and scanner; ``gamma[d]`` is the selection log-odds."""
+
+    name: str
+    description: str
+    selection: tuple[float, float, float]  # log-odds of recruiting a CN / MCI / AD subject
+    gamma: float  # contrast (power law on [0, 1] intensities)
+    blur_mm: float  # Gaussian blur sigma
+    noise: float  # Rician noise std, fraction of the intensity range
+    bias: float  # bias-field coefficient range
+    scale: float  # global intensity scale written on disk
+    orientation: str  # axis codes of the stored array
+    dtype: str  # on-disk dtype
+
+
+SITES: tuple[SiteProfile, ...] = (
+    SiteProfile("SITE-A", "memory clinic, 3T", (-2.0, 0.5, 2.0), 0.70, 0.0, 0.015, 0.15,
+                1000.0, "RAS", "float32"),
+    SiteProfile("SITE-B", "community study, 1.5T", (2.0, 0.0, -2.0), 1.40, 2.0, 0.04, 0.30,
+                3000.0, "LPS", "int16"),
+    SiteProfile("SITE-C", "general hospital, 1.5T", (0.0, 0.5, 0.0), 1.00, 1.2, 0.03, 0.20,
+                255.0, "PIR", "uint8"),
+)
+
+
+class SimulationConfig(BaseModel):
+    """Knobs of the synthetic cohort; the same config and seed give identical files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_subjects: int = Field(200, ge=3, le=100_000)
+    confounding: float = Field(0.8, ge=0.0, le=1.0, description="Site-diagnosis selection bias.")
+    shift: Shift = Field("none", description="none, or S-D and age-D links removed/reversed.")
+    seed: int = Field(0, ge=0)
+    spacing: float = Field(3.0, ge=1.0, le=8.0, description="Isotropic output voxel size, mm.")
+    shape: tuple[int, int, int] | None = Field(
+        None, description="Pad/crop the output grid to this shape (default: brain + margin)."
+    )
+    missing_rate: float = Field(0.05, ge=0.0, le=0.5, description="Share of optional fields "
+                                "left unrecorded.")
+    site_storage: bool = Field(True, description="Write each site's files in its own "
+                               "orientation and dtype (exercises ingest).")
+    workers: int = Field(1, ge=1, le=64, description="Processes rendering volumes.")
+    subject_offset: int = Field(0, ge=0, le=10**7, description="First subject number minus "
+                                "one; keeps ids of cohorts that will be compared disjoint.")
+
+
+# ---------------------------------------------------------------------------------------
+# Population (everything but the image)
+
+
+def _selection_logits(cfg: SimulationConfig) -> np.ndarray:
+    sel = np.array([s.selection for s in SITES])  # (site, diagnosis)
+    sign = {"none": 1.0, "removed": 0.0, "reversed": -1.0}[cfg.shift]
+    return sign * cfg.confounding * sel
+
+
+def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
+    """Draw records, labels and image factors (no images) for ``cfg.n_subjects`` subjects.
+
+    Returns:
+        One row per subject: ground-truth causes, image factors and record fields.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
+    n = cfg.n_subjects
+    age = np.clip(rng.normal(73.0, 7.0, n), 55.0, 95.0).round(1)
+    sex = np.where(rng.random(n) < 0.5, "female", "male")
+    education = np.clip(rng.normal(15.5, 2.8, n), 6, 22).round()
+    apoe4 = rng.choice(3, n, p=[0.60, 0.32, 0.08])
+    hypertension = rng.random(n) < 1 / (1 + np.exp(-(-0.3 + 0.06 * (age - 73))))
+    diabetes = rng.random(n) < 0.18
+    smoking = rng.random(n) < 0.35
+    bmi = np.clip(rng.normal(27.0, 4.0, n), 16, 50).round(1)
+    vascular = np.clip(0.4 + 0.03 * (age - 73) + 0.7 * hypertension + 0.5 * diabetes
+                       + 0.2 * smoking + rng.normal(0, 0.35, n), 0, None)
+
+    # D <- age, APOE4 (ordinal logit). The shifted cohorts remove / reverse the age link.
+    age_coef = {"none": 0.8, "removed": 0.0, "reversed": -0.8}[cfg.shift]
+    severity = age_coef * (age - 73) / 7 + 0.9 * apoe4 + rng.logistic(0, 1, n)
+    dx = np.digitize(severity, [0.2, 1.7])  # 0 CN, 1 MCI, 2 AD
+
+    # S <- D through selection bias: P(S | D) ∝ exp(logit[S, D]).
+    logits = _selection_logits(cfg)[:, dx].T  # (n, site)
+    p_site = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p_site /= p_site.sum(axis=1, keepdims=True)
+    site = (p_site.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+
+    # Image factors: the causal signal (hippocampus) and the confounded ones.
+    hippo = np.clip(np.array([0.0, 0.13, 0.26])[dx] + 0.004 * (age - 73)
+                    + rng.normal(0, 0.05, n), 0.0, 0.5)
+    global_atrophy = np.clip(0.012 * (age - 55) + rng.normal(0, 0.03, n), 0.0, 0.6)
+    n_lesions = rng.poisson(2.5 * vascular)
+
+    # Scores <- D (strongly), V, education.
+    def score(base: tuple[float, ...], sd: tuple[float, ...], v: float, edu: float) -> np.ndarray:
+        b, s = np.array(base)[dx], np.array(sd)[dx]
+        return b + v * vascular + edu * (education - 15.5) + rng.normal(0, 1, n) * s
+
+    mmse = np.clip(score((29.0, 27.0, 22.5), (1.0, 1.8, 3.0), -0.6, 0.25).round(), 0, 30)
+    cdr_sb = np.clip((score((0.1, 1.6, 4.8), (0.3, 0.9, 1.8), 0.3, 0.0) * 2).round() / 2, 0, 18)
+    adas13 = np.clip((score((9.0, 17.0, 30.0), (4.0, 5.5, 7.0), 1.5, -0.3) * 3).round() / 3,
+                     0, 85).round(2)
+    faq = np.clip(score((0.3, 3.5, 13.0), (1.0, 3.0, 6.0), 0.8, 0.0).round(), 0, 30)
+
+    frame = pd.DataFrame({
+        "subject_id": [f"{site[i] + 1:03d}_S_{cfg.subject_offset + i + 1:04d}"
+                       for i in range(n)],
+        "visit": "bl", "site": [SITES[s].name for s in site], "site_index": site,
+        "diagnosis": np.array(DIAGNOSES)[dx], "age": age, "sex": sex,
+        "education_years": education, "apoe4": apoe4, "hypertension": hypertension,
+        "diabetes": diabetes, "smoking": smoking, "bmi": bmi, "mmse": mmse, "cdr_sb": cdr_sb,
+        "adas13": adas13, "faq": faq, "vascular_burden": vascular.round(3),
+        "hippocampal_atrophy": hippo.round(4), "global_atrophy": global_atrophy.round(4),
+        "n_lesions": n_lesions,
+    })
+    # Missing data is normal: optional fields go unrecorded at random (never the label);
+    # the ground truth keeps the true values.
+    for col in ("apoe4", "diabetes", "smoking"):
+        frame[f"true_{col}"] = frame[col]
+    for col in ("education_years", "apoe4", "adas13", "faq", "bmi", "smoking", "diabetes"):
+        frame[col] = frame[col].astype(object).where(rng.random(n) >= cfg.missing_rate, None)
+    notes = np.array([None, "Lives independently.", "Attended with a family member.",
+                      "Reports poor sleep.", "Hearing aid in use."], dtype=object)
+    frame["notes"] = notes[rng.choice(len(notes), n, p=[0.6, 0.1, 0.1, 0.1, 0.1])]
+    return frame
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass(frozen=True)
+class _Template:
+    t1: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    mask: np.ndarray
+    affine: np.ndarray
+
+
+@lru_cache(maxsize=1)
+def _template() -> _Template:
+    from nilearn import datasets  # ships the MNI152 2009 templates inside the package
+
+    def arr(img: Any) -> np.ndarray:
+        return np.asarray(img.dataobj, dtype=np.float32)
+
+    t1 = datasets.load_mni152_template(resolution=2)
+    mask = arr(datasets.load_mni152_brain_mask(resolution=2)) > 0
+    return _Template(arr(t1) * mask, arr(datasets.load_mni152_gm_template(resolution=2)),
+                     arr(datasets.load_mni152_wm_template(resolution=2)), mask,
+                     np.asarray(t1.affine, dtype=np.float64))
+
+
+def output_grid(spacing: float, shape: tuple[int, int, int] | None = None) -> tuple[
+        tuple[int, int, int], np.ndarray]:
+    """Shape and RAS affine of the output grid: the template's brain plus a 12 mm margin."""
+    tpl = _template()
+    idx = np.argwhere(tpl.mask)
+    corners = np.c_[np.r_[[idx.min(0), idx.max(0)]], np.ones(2)] @ tpl.affine.T
+    lo, hi = corners[0, :3] - 12.0, corners[1, :3] + 12.0
+    size = np.ceil((hi - lo) / spacing).astype(int) + 1
+    if shape is not None:
+        lo = (lo + hi) / 2 - (np.array(shape) - 1) * spacing / 2
+        size = np.array(shape)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = lo
+    return tuple(int(s) for s in size), affine  # type: ignore[return-value]
+
+
+def _bump(points: np.ndarray, center: tuple[float, ...], radii: tuple[float, ...]) -> np.ndarray:
+    """Smooth weight, 1 at ``center`` and 0 beyond 1.5 ellipsoid radii."""
+    rho = np.linalg.norm((points - np.array(center)) / np.array(radii), axis=-1)
+    return np.clip(1.0 - (rho / 1.5) ** 2, 0.0, None) ** 2
+
+
+def render_subject(truth: dict[str, Any], spacing: float = 3.0,
+                   shape: tuple[int, int, int] | None = None, seed: int = 0,
+                   site_effects: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Render one T1 volume (RAS, float32, intensities ~[0, 1]) from a subject's causes.
+
+    Args:
+        truth: ``hippocampal_atrophy``, ``global_atrophy``, ``n_lesions`` and ``site_index``.
+        spacing: isotropic voxel size, mm.
+        shape: output grid shape (default: brain bounding box plus margin).
+        seed: seed of this subject's own RNG (lesion placement, site jitter, noise).
+        site_effects: apply the site's scanner (contrast, blur, bias, noise); off, the
+            image carries only the anatomical causes.
+
+    Returns:
+        ``(volume, affine)`` with the volume in RAS orientation.
+    """
+    from monai.transforms import AdjustContrast, GaussianSmooth, RandBiasField, RandRicianNoise
+
+    tpl = _template()
+    rng = np.random.default_rng(seed)
+    grid_shape, affine = output_grid(spacing, shape)
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in grid_shape], indexing="ij"), -1)
+    world = ijk.reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]
+
+    # Anatomy as a deformation: hippocampi shrink towards their centres (sampling from
+    # farther out), ventricles enlarge with global atrophy (sampling from closer in).
+    h, g = float(truth["hippocampal_atrophy"]), float(truth["global_atrophy"])
+    src = world.copy()
+    roi = np.zeros(len(world))
+    for center in HIPPOCAMPUS_CENTERS_MM:
+        w = _bump(world, center, HIPPOCAMPUS_RADII_MM)
+        src += (world - np.array(center)) * (h * w)[:, None]
+        roi = np.maximum(roi, w)
+    wv = _bump(world, VENTRICLES_CENTER_MM, VENTRICLES_RADII_MM)
+    src -= (world - np.array(VENTRICLES_CENTER_MM)) * (0.35 * g * wv)[:, None]
+    vox = (src - tpl.affine[:3, 3]) @ np.linalg.inv(tpl.affine[:3, :3]).T
+    coords = vox.T.reshape(3, *grid_shape)
+
+    def sample(vol: np.ndarray) -> np.ndarray:
+        return ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0)
+
+    t1, gm, wm = sample(tpl.t1), sample(tpl.gm), sample(tpl.wm)
+    roi = roi.reshape(grid_shape)
+    # Tissue loss becomes CSF (dark on T1): medial-temporal grey matter with h, cortex with g.
+    t1 = t1 * (1.0 - np.clip(gm * (2.5 * h * roi + 0.45 * g), 0.0, 0.9))
+
+    # White-matter lesions (T1-hypointense foci) from the vascular burden.
+    deep_wm = np.argwhere(wm > 0.9)
+    for _ in range(int(truth["n_lesions"])):
+        if not len(deep_wm):
+            break
+        c = deep_wm[rng.integers(len(deep_wm))]
+        r = rng.uniform(2.0, 4.5) / spacing
+        d2 = ((ijk - c) ** 2).sum(-1)
+        t1 *= 1.0 - 0.5 * np.exp(-d2 / (2 * r * r))
+
+    t1 = np.clip(t1 / max(float(t1.max()), 1e-6), 0.0, 1.0).astype(np.float32)
+    if not site_effects:
+        return t1, affine
+    site = SITES[int(truth["site_index"])]
+    jitter = np.exp(rng.normal(0.0, 0.06, 4))
+    img = t1[None]
+    img = AdjustContrast(gamma=site.gamma * jitter[0])(img)
+    if site.blur_mm > 0:
+        img = GaussianSmooth(sigma=site.blur_mm * jitter[1] / spacing)(img)
+    bias = RandBiasField(degree=3, coeff_range=(0.0, site.bias * jitter[2]), prob=1.0)
+    bias.set_random_state(seed=int(rng.integers(2**31)))
+    img = bias(img)
+    noise = RandRicianNoise(prob=1.0, std=site.noise * jitter[3], sample_std=False)
+    noise.set_random_state(seed=int(rng.integers(2**31)))
+    img = noise(img)
+    return np.asarray(img[0], dtype=np.float32), affine
+
+
+def _store(volume: np.ndarray, affine: np.ndarray, site: SiteProfile, path: Path,
+           site_storage: bool) -> None:
+    """Write as the site's scanner would: its scale, dtype and array orientation."""
+    data = volume * site.scale
+    if site_storage and site.orientation != "RAS":
+        ornt = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                               nib.orientations.axcodes2ornt(site.orientation))
+        data = nib.orientations.apply_orientation(data, ornt)
+        affine = affine @ nib.orientations.inv_ornt_aff(ornt, volume.shape)
+    dtype = np.dtype(site.dtype if site_storage else "float32")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        data = np.clip(np.rint(data), info.min, info.max)
+    img = nib.Nifti1Image(np.ascontiguousarray(data.astype(dtype)), affine)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = b"MediAD synthetic T1 (research use only)"
+    nib.save(img, str(path))
+
+
+def _render_task(args: tuple[dict[str, Any], int, str, float, Any, bool]) -> str:
+    import torch
+
+    truth, seed, path, spacing, shape, site_storage = args
+    # One torch thread: multi-threaded reductions round differently, and the same seed
+    # must give byte-identical files whatever the number of workers.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        vol, aff = render_subject(truth, spacing, shape, seed)
+    finally:
+        torch.set_num_threads(threads)
+    _store(vol, aff, SITES[int(truth["site_index"])], Path(path), site_storage)
+    return path
+
+
+def _init_worker() -> None:
+    """One BLAS/OpenMP thread per worker (workers x threads > cores thrashes), template ready."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    torch.set_num_threads(1)
+    _template()
+
+
+# ---------------------------------------------------------------------------------------
+# The cohort on disk
+
+
+def _nmi(a: Any, b: Any) -> float:
+    from sklearn.metrics import normalized_mutual_info_score
+
+    return float(normalized_mutual_info_score(a, b))
+
+
+def _cv_balanced_accuracy(x: np.ndarray, y: np.ndarray, seed: int) -> float | None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = int(min(5, np.bincount(pd.factorize(y)[0]).min()))
+    if folds < 2 or len(set(y)) < 2:
+        return None  # too few subjects per class to cross-validate
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    pred = cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True,
+                                                              random_state=seed))
+    return float(balanced_accuracy_score(y, pred))
+
+
+def cohort_statistics(frame: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
+    """What the dataset card reports: counts, site–label NMI, oracle accuracies."""
+    y = frame["diagnosis"].to_numpy()
+    site = pd.get_dummies(frame["site"]).to_numpy(float)
+    causes = frame[["hippocampal_atrophy"]].to_numpy(float)
+    causes_all = np.c_[causes, frame[["age"]].to_numpy(float)]
+    by_dx = frame.groupby("diagnosis")[["hippocampal_atrophy", "global_atrophy", "n_lesions",
+                                        "age"]].mean().reindex(list(DIAGNOSES)).round(3)
+    counts = pd.crosstab(frame["site"], frame["diagnosis"]).reindex(columns=list(DIAGNOSES),
+                                                                    fill_value=0)
+    return {
+        "n_subjects": len(frame),
+        "diagnosis_counts": frame["diagnosis"].value_counts().reindex(
+            list(DIAGNOSES), fill_value=0).astype(int).to_dict(),
+        "site_by_diagnosis": {s: {d: int(v) for d, v in row.items()}
+                              for s, row in counts.iterrows()},
+        "nmi_site_diagnosis": round(_nmi(frame["site"], y), 4),
+        "means_by_diagnosis": {d: {k: (None if pd.isna(v) else float(v))
+                                   for k, v in row.items()} for d, row in by_dx.iterrows()},
+        "balanced_accuracy": {
+            name: (None if acc is None else round(acc, 3)) for name, acc in (
+                ("hippocampal atrophy only (oracle image signal)",
+                 _cv_balanced_accuracy(causes, y, seed)),
+                ("hippocampal atrophy + age", _cv_balanced_accuracy(causes_all, y, seed)),
+                ("site only (the shortcut)", _cv_balanced_accuracy(site, y, seed)),
+                ("chance", 1 / max(1, len(set(y)))))
+        },
+    }
+
+
+def _card(cfg: SimulationConfig, stats: dict[str, Any], seconds: float) -> str:
+    sites = "\n".join(
+        f"| {s.name} | {s.description} | {', '.join(f'{v:+.1f}' for v in s.selection)} | "
+        f"{s.gamma} | {s.blur_mm} | {s.noise} | {s.bias} | {s.orientation} {s.dtype} |"
+        for s in SITES)
+    counts = "\n".join(f"| {s} | " + " | ".join(str(row[d]) for d in DIAGNOSES) + " |"
+                       for s, row in stats["site_by_diagnosis"].items())
+    means = "\n".join(f"| {d} | " + " | ".join(f"{v:.3f}" if v is not None else "-"
+                                               for v in row.values()) + " |"
+                      for d, row in stats["means_by_diagnosis"].items())
+    accs = "\n".join(f"| {k} | {'n/a (too few subjects)' if v is None else f'{v:.3f}'} |"
+                     for k, v in stats["balanced_accuracy"].items())
+    return f"""# MediAD synthetic cohort — dataset card
+
+**Synthetic data for research and software testing only. Not patient data; not for
+clinical use.**
+
+Drawn by `mediad simulate` (MediAD's structural causal model, see DESIGN.md) on the MNI152
+2009c symmetric template shipped by nilearn. {stats['n_subjects']} subjects, one baseline
+visit each; built in {seconds:.1f} s.
+
+## Configuration
+```yaml
+{yaml.safe_dump(cfg.model_dump(mode='json', exclude={'workers'})).strip()}
+```
+
+## Mechanisms
+- Diagnosis D from age and APOE4 (ordinal logit; age coefficient
+  {dict(none=0.8, removed=0.0, reversed=-0.8)[cfg.shift]:+.1f} per 7 years, APOE4 +0.9 per
+  allele).
+- Site S by selection bias, P(S | D) ∝ exp(confounding · γ[S, D]); `shift={cfg.shift}`
+  multiplies γ by {dict(none=1, removed=0, reversed=-1)[cfg.shift]}.
+- Image ← D: hippocampal shrink (radial deformation) and medial-temporal grey-matter loss,
+  factor ≈ 0 / 0.13 / 0.26 for CN / MCI / AD (+0.004 per year of age, sd 0.05).
+- Image ← age: cortical grey-matter loss and ventricle enlargement, 0.012 per year over 55.
+- Image ← vascular burden V (latent; hypertension, diabetes, smoking are recorded):
+  Poisson(2.5·V) T1-hypointense white-matter lesions.
+- Image ← S (never given to a model): the scanner below.
+- Scores ← D (strongly), V and education (MMSE and CDR-SB are label-defining in ADNI).
+- {cfg.missing_rate:.0%} of optional fields (education, APOE4, ADAS13, FAQ, BMI, smoking,
+  diabetes) are left unrecorded at random.
+
+| site | kind | γ CN, MCI, AD | gamma | blur mm | noise | bias | stored as |
+|---|---|---|---|---|---|---|---|
+{sites}
+
+## What was drawn
+Site × diagnosis counts (site–diagnosis NMI = **{stats['nmi_site_diagnosis']:.3f}**):
+
+| site | CN | MCI | AD |
+|---|---|---|---|
+{counts}
+
+Mean ground-truth factors by diagnosis:
+
+| diagnosis | hippocampal atrophy | global atrophy | lesions | age |
+|---|---|---|---|---|
+{means}
+
+## Calibration: how well causes and shortcuts predict D
+5-fold cross-validated balanced accuracy of a logistic regression on ground-truth variables
+(an oracle that sees the causes directly, without an image):
+
+| inputs | balanced accuracy |
+|---|---|
+{accs}
+
+The image signal is real but imperfect (atrophy overlaps between neighbouring classes),
+while at high `confounding` the site alone predicts D well — the shortcut the causal head
+must not take. Evaluate on a `shift=reversed` cohort to see who took it.
+
+## Files
+- `images/*.nii.gz`: one T1 per subject, stored in its site's orientation and dtype.
+- `records.csv`: ADNIMERGE column names (plus HYPERTENSION, DIABETES, SMOKING, BMI, NOTES).
+- `manifest.csv`: MediAD's own schema with `mri_path` (relative to this folder).
+- `ground_truth.csv`: each subject's causes, image factors and site.
+- `dataset_card.json`: the numbers above, machine-readable.
+"""
+
+
+def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool = False,
+                    progress: Callable[[int, int], None] | None = None) -> Path:
+    """Draw a cohort and write it to ``out_dir`` (all or nothing).
+
+    The cohort is built in a temporary sibling folder and renamed into place at the end,
+    so an interrupted run never leaves a half-written cohort behind.
+
+    Args:
+        cfg: simulation knobs.
+        out_dir: destination folder; must not exist unless ``overwrite``.
+        overwrite: replace an existing folder (only once the new one is complete).
+        progress: called with ``(done, total)`` after each volume.
+
+    Returns:
+        The cohort folder.
+
+    Raises:
+        MediADError: ``out_dir`` exists and ``overwrite`` is off.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise MediADError(f"{out} already exists and is not empty; choose another folder or "
+                          "pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    frame = draw_population(cfg)
+    seeds = np.random.SeedSequence([cfg.seed, 2]).generate_state(len(frame))
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        (work / "images").mkdir()
+        rel = [f"images/sub-{s}_ses-bl_T1w.nii.gz" for s in frame["subject_id"]]
+        tasks = [(row._asdict(), int(seed), str(work / r), cfg.spacing, cfg.shape,
+                  cfg.site_storage)
+                 for row, seed, r in zip(frame.itertuples(index=False), seeds, rel, strict=True)]
+        if cfg.workers > 1:
+            # spawn, not fork: forking a process whose OpenMP runtime has started can hang
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(cfg.workers, mp_context=ctx,
+                                     initializer=_init_worker) as pool:
+                for i, _ in enumerate(pool.map(_render_task, tasks, chunksize=4)):
+                    if progress:
+                        progress(i + 1, len(tasks))
+        else:
+            for i, task in enumerate(tasks):
+                _render_task(task)
+                if progress:
+                    progress(i + 1, len(tasks))
+        frame["mri_path"] = rel
+        _write_tables(frame, work)
+        stats = cohort_statistics(frame, cfg.seed)
+        seconds = time.perf_counter() - started
+        data_cfg = cfg.model_dump(mode="json", exclude={"workers"})  # no effect on the data
+        (work / "simulation.yaml").write_text(yaml.safe_dump(data_cfg))
+        (work / "dataset_card.json").write_text(json.dumps(
+            {"config": data_cfg, "simulator_version": SIMULATOR_VERSION, **stats}, indent=2))
+        (work / "dataset_card.md").write_text(_card(cfg, stats, seconds), encoding="utf-8")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(work, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+_RECORD_COLUMNS = [f for f in ClinicalRecord.model_fields]
+
+
+def _write_tables(frame: pd.DataFrame, folder: Path) -> None:
+    records = [ClinicalRecord(**{k: _py(row.get(k)) for k in _RECORD_COLUMNS})
+               for row in frame.to_dict("records")]
+    adni = pd.DataFrame([to_adnimerge_row(r, int(r.subject_id.split("_S_")[1]))
+                         for r in records])
+    adni.to_csv(folder / "records.csv", index=False)
+    manifest = pd.DataFrame([r.model_dump() for r in records])
+    manifest.insert(2, "mri_path", frame["mri_path"].to_numpy())
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    truth = frame[["subject_id", "site", "diagnosis", "age", "true_apoe4", "hypertension",
+                   "true_diabetes", "true_smoking", "vascular_burden", "hippocampal_atrophy",
+                   "global_atrophy", "n_lesions"]].copy()
+    truth.columns = [c.removeprefix("true_") for c in truth.columns]
+    for col in ("hypertension", "diabetes", "smoking"):
+        truth[col] = truth[col].astype(int)
+    site = {s.name: s for s in SITES}
+    for attr in ("gamma", "blur_mm", "noise", "bias", "orientation", "dtype"):
+        truth[f"site_{attr}"] = [getattr(site[s], attr) for s in frame["site"]]
+    truth.to_csv(folder / "ground_truth.csv", index=False)
+
+
+def _py(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return v.item() if isinstance(v, np.generic) else v

@@ -1,0 +1,78 @@
+"""Checkpoints: tensors, numbers, strings, lists and dicts only, so ``weights_only=True`` loads
+them and no pickled code ever runs. Training subjects are kept as salted hashes, never ids:
+a checkpoint must not answer "was this person in the training data?" for someone who
+only has a name list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mediad.errors import MediADError
+from mediad.io import atomic_path
+from mediad.networks.models import ARCHITECTURE
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "hash_subjects",
+    "load_checkpoint",
+    "new_salt",
+    "overlapping_subjects",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "mediad-checkpoint/2"
+
+
+def new_salt() -> str:
+    return secrets.token_hex(16)
+
+
+def hash_subjects(subjects: Iterable[str], salt: str) -> list[str]:
+    """Salted SHA-256 of each subject id, sorted (the order of ids tells nothing either)."""
+    return sorted({hashlib.sha256(f"{salt}:{s}".encode()).hexdigest() for s in subjects})
+
+
+def overlapping_subjects(checkpoint: dict[str, Any], subjects: Iterable[str]) -> list[str]:
+    """Which of ``subjects`` the checkpoint was trained on (the caller holds their ids)."""
+    salt = checkpoint.get("subject_salt", "")
+    known = set(checkpoint.get("train_subject_hashes", []))
+    return sorted({s for s in subjects if hash_subjects([s], salt)[0] in known})
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]:
+    """Load a MediAD checkpoint safely (``weights_only=True``: no pickled code runs).
+
+    Raises:
+        MediADError: missing file, not a MediAD checkpoint, or made for another task.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MediADError(f"{p}: checkpoint not found")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign files
+        raise MediADError(f"{p}: not a MediAD checkpoint ({str(exc).splitlines()[0][:120]})"
+                          ) from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise MediADError(f"{p}: not a MediAD checkpoint (format "
+                          f"{ck.get('format') if isinstance(ck, dict) else type(ck).__name__})")
+    if ck.get("architecture") != ARCHITECTURE:
+        raise MediADError(f"{p}: made by an older MediAD (model architecture "
+                          f"{ck.get('architecture', 1)}; this version builds {ARCHITECTURE}); "
+                          "retrain it with `mediad train`")
+    have = ck["config"]["model"]["task"]
+    if task is not None and have != task:
+        raise MediADError(f"{p}: checkpoint is for task {have!r}, not {task!r}")
+    return ck

@@ -1,0 +1,89 @@
+"""Training configuration: one pydantic model per part (data, model, optimisation), YAML in/out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mediad.data.imaging import ImagingConfig
+from mediad.data.splits import SplitConfig
+from mediad.errors import InputError
+from mediad.networks.models import ModelConfig
+from mediad.paths import data_dir
+from mediad.summarize import SummaryConfig
+
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "cache_root"]
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: Path
+    splits: Path | None = Field(None, description="Existing splits JSON; made when absent.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    imaging: ImagingConfig = Field(default_factory=ImagingConfig)
+    summary: SummaryConfig = Field(default_factory=lambda: SummaryConfig(backend="template"))
+    text_model: str = "all-minilm-l6-v2"
+    augment: bool = Field(False, description="Randomise scanner effects (interventional "
+                          "augmentation).")
+    cache_dir: Path | None = Field(None, description="Summaries / embeddings cache.")
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    patience: int = Field(6, ge=1, description="Epochs without validation improvement.")
+    min_epochs: int = Field(8, ge=1, description="No early stop before this epoch (image "
+                            "features often start to learn only after a few epochs).")
+    class_weighting: bool = True
+    seed: int = Field(0, ge=0)
+
+
+class TrainConfig(BaseModel):
+    """Everything a run needs; saved beside every run as ``config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a config; relative paths are relative to the YAML file.
+
+        Raises:
+            InputError: missing file, bad YAML, unknown keys or invalid values (all named).
+        """
+        p = Path(path)
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise InputError(f"{p}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise InputError(f"{p}: not valid YAML ({exc})") from None
+        try:
+            config = cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors())
+            raise InputError(f"{p}: invalid config: {problems}") from None
+        data = config.data
+        resolve = {k: (p.parent / v) for k, v in (("manifest", data.manifest),
+                                                  ("splits", data.splits)) if v is not None
+                   and not Path(v).is_absolute()}
+        return config.model_copy(update={"data": data.model_copy(update=resolve)})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def cache_root(config: TrainConfig) -> Path:
+    """Where summaries and embeddings are cached: the config's, or the data folder's."""
+    return config.data.cache_dir or (data_dir() / "cache")

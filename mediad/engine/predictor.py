@@ -1,0 +1,167 @@
+"""One subject in, a prediction out: probabilities with and without the intervention, the
+summary and its provenance, and exactly which inputs were used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from mediad import RESEARCH_NOTICE
+from mediad.data.imaging import build_transforms, load_volume
+from mediad.data.records import LABEL_DEFINING_FIELDS, ClinicalRecord
+from mediad.engine.checkpoint import load_checkpoint
+from mediad.engine.config import TrainConfig, cache_root
+from mediad.engine.samples import build_samples, make_summarizer
+from mediad.errors import MediADError
+from mediad.networks.encoders import TextEmbedder
+from mediad.networks.models import MultimodalNet, TabularBaseline, build_model
+from mediad.summarize import Summarizer
+
+__all__ = ["Prediction", "Predictor"]
+
+
+
+class Prediction(BaseModel):
+    """What ``mediad predict`` returns (no identifier beyond what the caller passed)."""
+
+    classes: list[str]
+    probabilities: dict[str, float]
+    predicted: str
+    probabilities_intervention_off: dict[str, float]
+    predicted_intervention_off: str
+    inputs_used: dict[str, Any]
+    summary: str | None
+    summary_provenance: dict[str, Any] | None
+    model: dict[str, Any]
+    notice: str = RESEARCH_NOTICE
+
+
+class Predictor:
+    """A trained model ready to predict; load once, call many times.
+
+    Args:
+        checkpoint: a ``best.pt`` written by ``mediad train``.
+        task: refuse a checkpoint made for another task.
+        device: ``cpu``/``cuda`` (default: CUDA when available).
+
+    Raises:
+        MediADError: the checkpoint is missing, foreign or for another task.
+    """
+
+    def __init__(self, checkpoint: str | Path, task: str | None = None,
+                 device: str | None = None) -> None:
+        self.path = Path(checkpoint)
+        self.ck = load_checkpoint(self.path, task)
+        self.config = TrainConfig.model_validate(self.ck["config"])
+        self.classes = list(self.ck["classes"])
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        mc = self.config.model
+        self.model = build_model(mc, self.config.data.imaging.shape)
+        self.model.load_state_dict(self.ck["model_state"])
+        if isinstance(self.model, MultimodalNet):
+            self.model.to(self.device).eval()
+        self.use_image, self.use_text = mc.inputs
+        self.summarizer: Summarizer | None = None
+        self.embedder: TextEmbedder | None = None
+        if self.use_text:
+            root = cache_root(self.config)
+            self.summarizer = make_summarizer(self.config, root)
+            if self.summarizer.template.version != self.ck["template_version"]:
+                raise MediADError(
+                    f"{self.path}: trained with summary template {self.ck['template_version']}"
+                    f", but llm_templates/ holds {self.summarizer.template.version}; use the "
+                    "template the model was trained with")
+            self.embedder = TextEmbedder(self.ck["text_model_id"], root / "embeddings")
+        self.transforms = build_transforms(self.config.data.imaging)
+
+    def predict(self, mri: str | Path | None = None,
+                record: ClinicalRecord | None = None) -> Prediction:
+        """Predict one subject from an MRI, a record, or both.
+
+        Raises:
+            MediADError: nothing to predict from, or an unusable MRI (named).
+        """
+        return self.predict_many([(mri, record)])[0]
+
+    def predict_many(self, items: list[tuple[str | Path | None, ClinicalRecord | None]]
+                     ) -> list[Prediction]:
+        """Predict a batch of (MRI, record) pairs in one forward pass.
+
+        Raises:
+            MediADError: an item with nothing to predict from, or an unusable MRI (named).
+        """
+        mc = self.config.model
+        tabular_model = isinstance(self.model, TabularBaseline)
+        for mri, record in items:
+            if mri is None and record is None:
+                raise MediADError("nothing to predict from: give an MRI, a record, or both")
+            if tabular_model and record is None:
+                raise MediADError("the tabular baseline needs a clinical record")
+            if record is None and not self.use_image:
+                raise MediADError(f"this {mc.kind} model does not use MRIs; give a record")
+        records = [r for _, r in items]
+        use_mri = [m is not None and self.use_image for m, _ in items]
+        summaries = [self.summarizer.summarize(r) if (self.summarizer and r) else None
+                     for r in records]
+        samples = build_samples(records, [None] * len(items), self.classes,
+                                self.summarizer if self.use_text else None, self.embedder,
+                                mc.tabular_fields)
+        if tabular_model:
+            x = np.stack([np.where(s["tab_mask"] > 0, s["tab_values"], np.nan)
+                          for s in samples])
+            log_p = log_off = self.model.predict_log_proba(x)
+        else:
+            blank = torch.zeros((1, *self.config.data.imaging.shape))
+            images = [load_volume(m, transforms=self.transforms) if use else blank
+                      for (m, _), use in zip(items, use_mri, strict=True)]
+            batch = {k: torch.as_tensor(np.stack([np.asarray(s[k]) for s in samples]))
+                     for k in samples[0] if k != "image"}
+            batch["image"] = torch.stack(images)
+            batch["has_image"] = torch.tensor([1.0 if u else 0.0 for u in use_mri])
+            with torch.inference_mode():
+                out = self.model({k: v.to(self.device) for k, v in batch.items()})
+            log_p = out.log_probs.float().cpu().numpy()
+            log_off = out.log_probs_off.float().cpu().numpy()
+        return [self._prediction(mri, record, use, summary, sample, lp, lo)
+                for (mri, record), use, summary, sample, lp, lo in zip(
+                    items, use_mri, summaries, samples, log_p, log_off, strict=True)]
+
+    def _prediction(self, mri: str | Path | None, record: ClinicalRecord | None, use_mri: bool,
+                    summary: Any, sample: dict[str, Any], log_p: np.ndarray,
+                    log_off: np.ndarray) -> Prediction:
+        mc = self.config.model
+        probs, off = np.exp(log_p), np.exp(log_off)
+        fields = summary.provenance.fields_included if summary else []
+        tab_used = [f for f, m in zip(mc.tabular_fields, sample["tab_mask"], strict=True)
+                    if m > 0] if (mc.use_tabular or mc.kind == "tabular") else []
+        return Prediction(
+            classes=self.classes,
+            probabilities={c: round(float(p), 6) for c, p in zip(self.classes, probs,
+                                                                 strict=True)},
+            predicted=self.classes[int(probs.argmax())],
+            probabilities_intervention_off={c: round(float(p), 6) for c, p in zip(
+                self.classes, off, strict=True)},
+            predicted_intervention_off=self.classes[int(off.argmax())],
+            inputs_used={
+                "mri": use_mri, "record": record is not None,
+                "mri_ignored": mri is not None and not self.use_image,
+                "summary_fields": fields, "tabular_fields": tab_used,
+                "label_defining_fields_used": sorted(
+                    {f for f in (*fields, *tab_used) if f in LABEL_DEFINING_FIELDS}),
+            },
+            summary=summary.text if summary else None,
+            summary_provenance=summary.provenance.model_dump(mode="json") if summary else None,
+            model=self.model_info(),
+        )
+
+    def model_info(self) -> dict[str, Any]:
+        mc = self.config.model
+        return {"kind": mc.kind, "task": mc.task, "checkpoint": str(self.path),
+                "epoch": self.ck.get("epoch"), "template_version": self.ck.get(
+                    "template_version"), "text_model": self.ck.get("text_model_id"),
+                "data_fingerprint": self.ck.get("data_fingerprint")}

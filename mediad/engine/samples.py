@@ -1,0 +1,104 @@
+"""From records and MRI paths to the sample dictionaries every model variant reads."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mediad.data.imaging import ImagingConfig, build_transforms
+from mediad.data.records import ClinicalRecord, ManifestRow
+from mediad.data.transforms import MaybeImaged, scanner_augmentation
+from mediad.engine.config import TrainConfig
+from mediad.networks.causal import confounder_stratum
+from mediad.networks.encoders import TextEmbedder, tabular_features
+from mediad.summarize import Summarizer
+
+__all__ = [
+    "batch_to",
+    "build_samples",
+    "confounder_vector",
+    "data_fingerprint",
+    "make_dataset",
+    "make_summarizer",
+]
+
+
+def data_fingerprint(rows: Sequence[ManifestRow]) -> str:
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(r.model_dump_json(exclude={"mri_path"}).encode())
+        if r.mri_path and Path(r.mri_path).is_file():
+            h.update(str(Path(r.mri_path).stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def confounder_vector(record: ClinicalRecord | None) -> np.ndarray:
+    """Age (z, fixed scale), sex, vascular risk: what metadata_norm / cf_adversarial see."""
+    if record is None:
+        return np.zeros(3, np.float32)
+    age = 0.0 if record.age is None else (record.age - 73.0) / 7.0
+    sex = 0.5 if record.sex is None else float(record.sex == "female")
+    return np.array([age, sex, float(bool(record.hypertension or record.diabetes))],
+                    np.float32)
+
+
+def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str | None],
+                  classes: Sequence[str], summarizer: Summarizer | None,
+                  embedder: TextEmbedder | None, tabular_fields: Sequence[str]
+                  ) -> list[dict[str, Any]]:
+    """One dictionary per subject-visit: everything the dataset needs but the image."""
+    texts: list[list[str]] = []
+    for r in rows:
+        if r is None or summarizer is None:
+            texts.append([])
+        else:
+            texts.append(list(summarizer.summarize(r).sections.values()))
+    n_sections = max((len(t) for t in texts), default=5) or 5
+    flat = [s for t in texts for s in t]
+    vectors = embedder.embed(flat) if (embedder is not None and flat) else np.zeros((0, 384))
+    samples, k = [], 0
+    for i, (r, path) in enumerate(zip(rows, mri_paths, strict=True)):
+        text = np.zeros((n_sections, 384), np.float32)
+        if texts[i] and embedder is not None:
+            text[: len(texts[i])] = vectors[k:k + len(texts[i])]
+        k += len(texts[i])
+        values, mask = tabular_features(r, tuple(tabular_fields))
+        label = classes.index(r.diagnosis) if (r is not None and r.diagnosis in classes) else -1
+        samples.append({
+            "image": path or "", "text": text,
+            "has_text": np.float32(1.0 if texts[i] and embedder is not None else 0.0),
+            "tab_values": values, "tab_mask": mask, "stratum": confounder_stratum(r),
+            "confounders": confounder_vector(r), "label": label, "index": i,
+        })
+    return samples
+
+
+def make_dataset(samples: list[dict[str, Any]], imaging: ImagingConfig, augment: bool,
+                 cache: bool = True) -> Any:
+    from monai.data import CacheDataset, Dataset
+    from monai.transforms import Compose
+
+    steps: list[Any] = [MaybeImaged(build_transforms(imaging), imaging.shape)]
+    if augment:
+        steps.append(scanner_augmentation())
+    transform = Compose(steps)
+    if cache:
+        return CacheDataset(samples, transform, progress=False, num_workers=0)
+    return Dataset(samples, transform)
+
+
+def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def make_summarizer(config: TrainConfig, cache: Path) -> Summarizer:
+    """The run's summariser, caching under ``cache/summaries`` unless told otherwise."""
+    summary = config.data.summary
+    if summary.cache_dir is None:
+        summary = summary.model_copy(update={"cache_dir": cache / "summaries"})
+    return Summarizer(summary)

@@ -1,0 +1,341 @@
+"""Training engine: one entry point for a single process and for ``torchrun`` (DDP).
+
+``mediad train CONFIG --out DIR`` saves the YAML config, makes (or loads) subject-level
+splits, summarises and embeds the records once, caches the preprocessed MRIs (MONAI
+CacheDataset), trains with AdamW + cosine schedule, class weighting and early stopping on
+validation balanced accuracy, writes ``last.pt`` every epoch and ``best.pt`` at each
+improvement (atomically; rank 0 only), logs metrics per epoch, and ends with test metrics.
+Under ``torchrun --nproc_per_node N`` each rank takes every N-th sample of the same shuffled
+order (DistributedSampler), BatchNorm is synchronised, the front-door dictionary is
+re-clustered from features gathered from all ranks, and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mediad.data.records import ManifestRow, load_manifest
+from mediad.data.splits import Splits, check_leakage, make_splits
+from mediad.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    hash_subjects,
+    load_checkpoint,
+    new_salt,
+    save_checkpoint,
+)
+from mediad.engine.config import TrainConfig, cache_root
+from mediad.engine.ddp import DistInfo, distributed, gather
+from mediad.engine.samples import (
+    batch_to,
+    build_samples,
+    data_fingerprint,
+    make_dataset,
+    make_summarizer,
+)
+from mediad.errors import InputError, MediADError
+from mediad.metrics import classification_metrics
+from mediad.networks.encoders import TextEmbedder
+from mediad.networks.models import ARCHITECTURE, MultimodalNet, TabularBaseline, build_model
+
+__all__ = ["TrainResult", "predict_loader", "train"]
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_epoch: int
+    metrics: dict[str, Any]
+
+
+@torch.no_grad()
+def predict_loader(model: MultimodalNet, loader: DataLoader, device: torch.device
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, log P(Y|do(X)), log P(Y|X) with the intervention off, sample indices)."""
+    model.eval()
+    ys, lps, offs, idx = [], [], [], []
+    for batch in loader:
+        b = batch_to(batch, device)
+        with _autocast(device):
+            out = model(b)
+        ys.append(batch["label"].numpy())
+        lps.append(out.log_probs.float().cpu().numpy())
+        offs.append(out.log_probs_off.float().cpu().numpy())
+        idx.append(batch["index"].numpy())
+    return (np.concatenate(ys), np.concatenate(lps), np.concatenate(offs),
+            np.concatenate(idx))
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _rows_for_task(rows: list[ManifestRow], classes: Sequence[str]) -> list[ManifestRow]:
+    return [r for r in rows if r.diagnosis in classes]
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False,
+          show_progress: bool = True, max_epochs: int | None = None) -> TrainResult:
+    """Train one model variant.
+
+    Args:
+        config: data, model and optimisation settings.
+        out_dir: run folder (created); holds config.yaml, splits.json, metrics.jsonl,
+            last.pt, best.pt and metrics.json.
+        resume: continue from ``out_dir/last.pt``.
+        show_progress: tqdm bars on rank 0.
+        max_epochs: stop after this many epochs in this call (tests of resumption).
+
+    Raises:
+        MediADError: bad inputs, an existing run without ``resume``, or leakage.
+    """
+    with distributed() as d:
+        return _train(config, Path(out_dir), resume, show_progress, max_epochs, d)
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
+           max_epochs: int | None, d: DistInfo) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    if (out / "last.pt").exists() and not resume:
+        raise MediADError(f"{out} already holds a run; pass --resume to continue it or choose "
+                          "another --out")
+    if resume and not (out / "last.pt").exists():
+        raise MediADError(f"{out}/last.pt not found: nothing to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.optim.seed)
+    np.random.seed(config.optim.seed)
+    classes = config.model.classes
+    table = load_manifest(config.data.manifest)
+    rows = _rows_for_task(table.rows, classes)
+    if len(rows) < 6:
+        raise InputError(f"{config.data.manifest}: only {len(rows)} labelled row(s) for task "
+                         f"{config.model.task}; training needs more")
+    splits = _splits(config, rows, out, d)
+    by_split = {name: [r for r in rows if splits.split_of(r.subject_id) == name]
+                for name in ("train", "val", "test")}
+    if d.main:
+        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    cache = cache_root(config)
+    use_image, use_text = config.model.inputs
+    summarizer = make_summarizer(config, cache) if use_text else None
+    embedder = TextEmbedder(config.data.text_model, cache / "embeddings") if (
+        use_text) else None
+    salt = new_salt()
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "architecture": ARCHITECTURE,
+        "config": config.model_dump(mode="json"),
+        "classes": list(classes),
+        "template_version": summarizer.template.version if summarizer else None,
+        "summary_fields": summarizer.fields if summarizer else [],
+        "text_model_id": config.data.text_model if use_text else None,
+        "data_fingerprint": data_fingerprint(by_split["train"]),
+        "subject_salt": salt,
+        "train_subject_hashes": hash_subjects((r.subject_id for r in by_split["train"]), salt),
+    }
+    samples = {name: build_samples(rs, [r.mri_path if use_image else None for r in rs],
+                                   classes, summarizer, embedder,
+                                   config.model.tabular_fields)
+               for name, rs in by_split.items()}
+    if config.model.kind == "tabular":
+        return _train_tabular(config, out, samples, meta, d)
+    return _train_net(config, out, samples, meta, d, resume, show_progress, max_epochs, tqdm)
+
+
+def _splits(config: TrainConfig, rows: list[ManifestRow], out: Path, d: DistInfo) -> Splits:
+    if config.data.splits is not None:
+        splits = Splits.load(config.data.splits)
+    elif (out / "splits.json").exists():
+        splits = Splits.load(out / "splits.json")
+    else:
+        splits = make_splits(rows, config.data.split)
+        if d.main:
+            splits.save(out / "splits.json")
+    check_leakage(splits.train, splits.test, "test")
+    return splits
+
+
+def _tab_matrix(samples: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.stack([np.where(s["tab_mask"] > 0, s["tab_values"], np.nan) for s in samples])
+    return x, np.array([s["label"] for s in samples])
+
+
+def _train_tabular(config: TrainConfig, out: Path, samples: dict[str, list[dict[str, Any]]],
+                   meta: dict[str, Any], d: DistInfo) -> TrainResult:
+    model = TabularBaseline(config.model, config.optim.seed)
+    model.fit(*_tab_matrix(samples["train"]))
+    metrics: dict[str, Any] = {"best_epoch": 0}
+    for name in ("val", "test"):
+        if samples[name]:
+            x, y = _tab_matrix(samples[name])
+            metrics[name] = classification_metrics(y, model.predict_log_proba(x),
+                                                   config.model.classes)
+    payload = {**meta, "model_state": model.state_dict(), "epoch": 0, "metrics": metrics}
+    if d.main:
+        save_checkpoint(out / "best.pt", payload)
+        save_checkpoint(out / "last.pt", payload)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(out, 0, metrics)
+
+
+def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str, Any]]],
+               meta: dict[str, Any], d: DistInfo, resume: bool, show_progress: bool,
+               max_epochs: int | None, tqdm: Any) -> TrainResult:
+    oc, imaging = config.optim, config.data.imaging
+    device = torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
+    model = build_model(config.model, imaging.shape, oc.seed)
+    assert isinstance(model, MultimodalNet)
+    if model.tabular is not None:
+        x = np.stack([s["tab_values"] for s in samples["train"]])
+        m = np.stack([s["tab_mask"] for s in samples["train"]])
+        model.tabular.set_stats(x, m)
+    model.set_training_priors(np.array([s["stratum"] for s in samples["train"]]))
+    model.to(device)
+    net: torch.nn.Module = model
+    if d.world > 1:
+        if device.type == "cuda":  # DenseNet / SwinUNETR options still hold BatchNorm
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[d.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+    train_set = make_dataset(samples["train"], imaging, config.data.augment)
+    eval_sets = {k: make_dataset(samples[k], imaging, False) for k in ("val", "test")
+                 if samples[k]}
+    sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True,
+                                 seed=oc.seed, drop_last=False)
+    per_rank = max(1, oc.batch_size // d.world)
+    loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=0)
+    eval_loaders = {k: DataLoader(v, batch_size=oc.batch_size, shuffle=False)
+                    for k, v in eval_sets.items()}
+    labels = np.array([s["label"] for s in samples["train"]])
+    weight = None
+    if oc.class_weighting:
+        counts = np.bincount(labels, minlength=len(config.model.classes)).clip(min=1)
+        weight = torch.tensor(len(labels) / (len(counts) * counts), dtype=torch.float32,
+                              device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=oc.epochs)
+    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0}
+    if resume:
+        ck = load_checkpoint(out / "last.pt", config.model.task)
+        model.load_state_dict(ck["model_state"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = dict(ck["train_state"])
+    elif model.front_door is not None:
+        _refresh(model, _features(net, loader, device, d, sampler, 0), oc.seed)
+    stop = state["epoch"] + (max_epochs or oc.epochs)
+    for epoch in range(state["epoch"] + 1, min(oc.epochs, stop) + 1):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        _seed_augmentation(train_set, oc.seed + epoch)
+        net.train()
+        total, n, feats = 0.0, 0, []
+        bar = tqdm(loader, desc=f"epoch {epoch}/{oc.epochs}", leave=False,
+                   disable=None if (show_progress and d.main) else True)  # None: tty only
+        for batch in bar:
+            b = batch_to(batch, device)
+            with _autocast(device):
+                output = net(b)
+                loss = model.loss(output, b["label"], weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch["label"])
+            n += len(batch["label"])
+            if output.fused is not None:
+                feats.append(output.fused.float().cpu())
+            bar.set_postfix(loss=f"{total / n:.3f}")
+        scheduler.step()
+        if d.world > 1:  # report the loss over all ranks' samples
+            sums = torch.tensor([total, float(n)], dtype=torch.float64)
+            dist.all_reduce(sums)
+            total, n = float(sums[0]), int(sums[1])
+        if model.front_door is not None and feats:
+            _refresh(model, gather(torch.cat(feats), d), oc.seed + epoch)
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, n),
+                                   "lr": scheduler.get_last_lr()[0],
+                                   "seconds": time.perf_counter() - started}
+        if "val" in eval_loaders:
+            y, lp, _, _ = predict_loader(model, eval_loaders["val"], device)
+            metrics["val"] = classification_metrics(y, lp, config.model.classes)
+        score = metrics.get("val", {}).get("balanced_accuracy", -total / max(1, n))
+        improved = score > state["best"]
+        state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
+        if improved:
+            state.update(best=score, best_epoch=epoch)
+        if d.main:
+            with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            base = {**meta, "model_state": model.state_dict(), "epoch": epoch,
+                    "metrics": metrics}
+            if improved:
+                save_checkpoint(out / "best.pt", base)
+            save_checkpoint(out / "last.pt", {
+                **base, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "train_state": dict(state)})
+            if show_progress:
+                val = metrics.get("val", {})
+                tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.3f}, val balanced "
+                           f"accuracy {val.get('balanced_accuracy', float('nan')):.3f}"
+                           + (" (best)" if improved else ""))
+        if d.world > 1:
+            dist.barrier()
+        if state["stale"] >= oc.patience and epoch >= oc.min_epochs:
+            break
+    return _finish(config, out, model, eval_loaders, device, state, meta, d)
+
+
+def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
+            loaders: dict[str, DataLoader], device: torch.device, state: dict[str, Any],
+            meta: dict[str, Any], d: DistInfo) -> TrainResult:
+    best = load_checkpoint(out / "best.pt") if (out / "best.pt").exists() else None
+    if best is not None:
+        model.load_state_dict(best["model_state"])
+    metrics: dict[str, Any] = {"best_epoch": state["best_epoch"]}
+    for name, loader in loaders.items():
+        y, lp, off, _ = predict_loader(model, loader, device)
+        metrics[name] = classification_metrics(y, lp, config.model.classes)
+        metrics[f"{name}_intervention_off"] = classification_metrics(y, off,
+                                                                     config.model.classes)
+    if d.main and best is not None:
+        save_checkpoint(out / "best.pt", {**best, "metrics": metrics})
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(out, state["best_epoch"], metrics)
+
+
+def _seed_augmentation(dataset: Any, seed: int) -> None:
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(seed=seed % (2**31))
+
+
+@torch.no_grad()
+def _features(net: torch.nn.Module, loader: DataLoader, device: torch.device, d: DistInfo,
+              sampler: DistributedSampler, epoch: int) -> torch.Tensor:
+    sampler.set_epoch(epoch)
+    net.eval()
+    feats = []
+    for batch in loader:
+        out = net(batch_to(batch, device))
+        feats.append(out.fused.float().cpu())
+    return gather(torch.cat(feats), d)
+
+
+def _refresh(model: MultimodalNet, features: torch.Tensor, seed: int) -> None:
+    assert model.front_door is not None
+    model.front_door.refresh(features, seed)

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from mediad.data import simulate
+from mediad.data.records import load_manifest, load_records
+from mediad.data.simulate import (
+    HIPPOCAMPUS_CENTERS_MM,
+    HIPPOCAMPUS_RADII_MM,
+    VENTRICLES_CENTER_MM,
+    VENTRICLES_RADII_MM,
+    SimulationConfig,
+    draw_population,
+    render_subject,
+    simulate_cohort,
+)
+from mediad.errors import MediADError
+
+
+def roi_mean(vol: np.ndarray, affine: np.ndarray, centres: Sequence[Sequence[float]],
+             radii: Sequence[float]) -> float:
+    """Mean intensity inside ellipsoids given in world (RAS mm) coordinates."""
+    ijk = np.argwhere(np.ones(vol.shape, bool))
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    inside = np.zeros(len(world), bool)
+    for c in centres:
+        inside |= (((world - np.array(c)) / np.array(radii)) ** 2).sum(1) < 1
+    return float(vol.reshape(-1)[inside].mean())
+
+
+def population(confounding: float, shift: str = "none", n: int = 4000) -> pd.DataFrame:
+    return draw_population(SimulationConfig(n_subjects=n, confounding=confounding, shift=shift,
+                                            seed=11))
+
+
+def p_ad(frame: pd.DataFrame, site: str) -> float:
+    return float((frame.loc[frame.site == site, "diagnosis"] == "AD").mean())
+
+
+def test_site_diagnosis_nmi_follows_confounding() -> None:
+    nmi = {c: normalized_mutual_info_score(f.site, f.diagnosis)
+           for c, f in ((c, population(c)) for c in (0.0, 0.4, 0.8))}
+    assert nmi[0.8] > 0.2
+    assert nmi[0.0] < 0.01
+    assert nmi[0.0] < nmi[0.4] < nmi[0.8]
+
+
+def test_shift_reverses_or_removes_site_and_age_links() -> None:
+    codes = {"CN": 0, "MCI": 1, "AD": 2}
+    for shift, sign in (("none", 1), ("removed", 0), ("reversed", -1)):
+        f = population(0.8, shift)
+        site_gap = p_ad(f, "SITE-A") - p_ad(f, "SITE-B")  # memory clinic minus community
+        age_corr = np.corrcoef(f.age, f.diagnosis.map(codes))[0, 1]
+        if sign:
+            assert sign * site_gap > 0.3 and sign * age_corr > 0.15, (shift, site_gap, age_corr)
+        else:
+            assert abs(site_gap) < 0.08 and abs(age_corr) < 0.05, (shift, site_gap, age_corr)
+
+
+def test_shift_keeps_the_causal_mechanisms() -> None:
+    """Image factors depend on D and age the same way in the shifted cohort."""
+    coefs = []
+    for shift in ("none", "reversed"):
+        f = population(0.8, shift)
+        x = np.c_[pd.get_dummies(f.diagnosis).to_numpy(float), f.age - 73]
+        coefs.append(np.linalg.lstsq(x, f.hippocampal_atrophy, rcond=None)[0])
+    assert np.abs(coefs[0] - coefs[1]).max() < 0.01
+
+
+def test_ground_truth_atrophy_grows_cn_mci_ad_and_age_drives_global_atrophy() -> None:
+    f = population(0.8)
+    m = f.groupby("diagnosis").hippocampal_atrophy.mean()
+    assert m["CN"] + 0.08 < m["MCI"] and m["MCI"] + 0.08 < m["AD"]
+    assert np.corrcoef(f.age, f.global_atrophy)[0, 1] > 0.8
+
+
+def test_intervening_on_diagnosis_shrinks_the_hippocampus_only() -> None:
+    """Same subject, same seed, only the hippocampal factor changed: the ROI darkens."""
+    base = {"hippocampal_atrophy": 0.0, "global_atrophy": 0.2, "n_lesions": 0, "site_index": 0}
+    hippo, brain = [], []
+    for h in (0.0, 0.13, 0.26):
+        vol, aff = render_subject({**base, "hippocampal_atrophy": h}, 4.0, seed=1,
+                                  site_effects=False)
+        hippo.append(roi_mean(vol, aff, HIPPOCAMPUS_CENTERS_MM, HIPPOCAMPUS_RADII_MM))
+        brain.append(float(vol.mean()))
+    assert hippo[0] - hippo[1] > 0.03 and hippo[1] - hippo[2] > 0.03
+    assert max(brain) - min(brain) < 0.005  # a local effect, not a global one
+
+
+def test_intervening_on_age_enlarges_ventricles_and_thins_cortex() -> None:
+    base = {"hippocampal_atrophy": 0.0, "global_atrophy": 0.0, "n_lesions": 0, "site_index": 0}
+    ventricles, brain = [], []
+    for g in (0.0, 0.2, 0.4):
+        vol, aff = render_subject({**base, "global_atrophy": g}, 4.0, seed=1,
+                                  site_effects=False)
+        ventricles.append(roi_mean(vol, aff, [VENTRICLES_CENTER_MM], VENTRICLES_RADII_MM))
+        brain.append(float(vol.mean()))
+    assert ventricles[0] > ventricles[1] > ventricles[2]
+    assert brain[0] > brain[1] > brain[2]
+
+
+def test_lesions_darken_white_matter() -> None:
+    base = {"hippocampal_atrophy": 0.0, "global_atrophy": 0.2, "site_index": 0}
+    clean, _ = render_subject({**base, "n_lesions": 0}, 4.0, seed=2, site_effects=False)
+    lesioned, _ = render_subject({**base, "n_lesions": 12}, 4.0, seed=2, site_effects=False)
+    assert (clean - lesioned).max() > 0.2 and (lesioned <= clean + 1e-6).all()
+
+
+@pytest.mark.slow
+def test_hippocampal_signal_in_written_images(tmp_path: Path) -> None:
+    """In the files on disk (site effects, any orientation/dtype), CN > MCI > AD in the ROI."""
+    out = simulate_cohort(SimulationConfig(n_subjects=45, seed=5, spacing=4.0,
+                                           confounding=0.0), tmp_path / "c")
+    m = pd.read_csv(out / "manifest.csv")
+    ratios = []
+    for p in m.mri_path:
+        img = nib.as_closest_canonical(nib.load(str(out / p)))
+        v = np.asarray(img.dataobj, dtype=np.float32)
+        ref = np.median(v[v > np.percentile(v, 60)])
+        ratios.append(roi_mean(v, img.affine, HIPPOCAMPUS_CENTERS_MM, HIPPOCAMPUS_RADII_MM) / ref)
+    m["roi"] = ratios
+    m["roi"] -= m.groupby("site").roi.transform("mean")  # compare within sites
+    means = m.groupby("diagnosis").roi.mean()
+    assert means["CN"] > means["MCI"] > means["AD"]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "dataset_card.md"}
+
+
+def test_same_seed_same_files_any_number_of_workers(tmp_path: Path) -> None:
+    cfg = SimulationConfig(n_subjects=6, seed=4, spacing=6.0)
+    a = digest(simulate_cohort(cfg, tmp_path / "a"))
+    b = digest(simulate_cohort(cfg.model_copy(update={"workers": 2}), tmp_path / "b"))
+    c = digest(simulate_cohort(cfg.model_copy(update={"seed": 5}), tmp_path / "c"))
+    assert len(a) == 6 + 5 and a.keys() == b.keys()  # volumes + tables, card, config
+    assert a == b
+    images = [{v for k, v in d.items() if k.startswith("images/")} for d in (a, c)]
+    assert images[0].isdisjoint(images[1])
+    assert a["records.csv"] != c["records.csv"]
+
+
+def test_cohort_files_are_consistent(tiny_cohort: Path) -> None:
+    manifest = load_manifest(tiny_cohort / "manifest.csv")
+    records = load_records(tiny_cohort / "records.csv")
+    assert manifest.vocabulary == "mediad" and records.vocabulary == "adnimerge"
+    assert [r.subject_id for r in manifest.rows] == [r.subject_id for r in records.rows]
+    assert manifest.records() == records.records()  # the two vocabularies say the same
+    truth = pd.read_csv(tiny_cohort / "ground_truth.csv")
+    assert list(truth.subject_id) == [r.subject_id for r in manifest.rows]
+    assert {"hippocampal_atrophy", "global_atrophy", "n_lesions", "vascular_burden",
+            "site_gamma", "site_noise", "site_blur_mm", "site_bias"} <= set(truth.columns)
+    card = (tiny_cohort / "dataset_card.md").read_text()
+    assert "NMI" in card and "not for\nclinical use" in card
+    orientations = {"".join(nib.aff2axcodes(nib.load(r.mri_path).affine)) for r in manifest.rows}
+    assert orientations == {"RAS", "LPS", "PIR"}  # each site stores its own way
+
+
+def test_existing_folder_is_refused_and_overwrite_is_atomic(tmp_path: Path) -> None:
+    cfg = SimulationConfig(n_subjects=3, seed=1, spacing=8.0)
+    out = simulate_cohort(cfg, tmp_path / "c")
+    before = digest(out)
+    with pytest.raises(MediADError, match="already exists"):
+        simulate_cohort(cfg, out)
+    simulate_cohort(cfg.model_copy(update={"seed": 2}), out, overwrite=True)
+    assert digest(out) != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    real = simulate.render_subject
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(simulate, "render_subject", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        simulate_cohort(SimulationConfig(n_subjects=5, spacing=8.0), tmp_path / "c")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_fields_are_left_unrecorded_not_imputed() -> None:
+    f = draw_population(SimulationConfig(n_subjects=2000, missing_rate=0.1, seed=3))
+    share = f.adas13.isna().mean()
+    assert 0.07 < share < 0.13
+    assert f.diagnosis.notna().all() and f.age.notna().all()

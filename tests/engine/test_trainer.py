@@ -1,0 +1,153 @@
+"""Training, checkpoints, resume, DDP and prediction on the tiny synthetic cohort."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mediad.data.records import load_manifest
+from mediad.engine.checkpoint import load_checkpoint
+from mediad.engine.config import TrainConfig
+from mediad.engine.predictor import Predictor
+from mediad.engine.trainer import train
+from mediad.errors import ImageError, InputError, MediADError
+
+from .conftest import tiny_train_config
+
+
+@pytest.fixture
+def run(tiny_run: Path) -> Path:
+    return tiny_run
+
+
+def test_run_folder_and_checkpoint_contents(run: Path) -> None:
+    for name in ("config.yaml", "splits.json", "metrics.jsonl", "last.pt", "best.pt",
+                 "metrics.json"):
+        assert (run / name).is_file(), name
+    ck = torch.load(run / "best.pt", weights_only=True)  # no pickled code
+    assert ck["classes"] == ["CN", "MCI", "AD"] and ck["text_model_id"] == "all-minilm-l6-v2"
+    assert ck["template_version"].startswith("1.0+") and len(ck["data_fingerprint"]) == 16
+    assert "front_door.prototypes" in ck["model_state"] and ck["metrics"]["test"]["n"] > 0
+    assert bool(ck["model_state"]["front_door.ready"])
+    assert TrainConfig.model_validate(ck["config"]).model.kind == "mediad"
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_checkpoint_round_trip_reproduces_predictions(run: Path, tiny_cohort: Path) -> None:
+    """Reloaded, the model scores the test split exactly as training reported."""
+    predictor = Predictor(run / "best.pt")
+    split = json.loads((run / "splits.json").read_text())
+    rows = [r for r in load_manifest(tiny_cohort / "manifest.csv").rows
+            if r.subject_id in split["test"]]
+    probs = [predictor.predict(r.mri_path, r) for r in rows]
+    nll = -np.mean([np.log(p.probabilities[r.diagnosis]) for p, r in zip(probs, rows,
+                                                                        strict=True)])
+    reported = json.loads((run / "metrics.json").read_text())["test"]["log_loss"]
+    assert nll == pytest.approx(reported, abs=1e-5)
+    again = Predictor(run / "best.pt").predict(rows[0].mri_path, rows[0])
+    assert again.probabilities == probs[0].probabilities
+
+
+def test_missing_modalities_still_predict(run: Path, tiny_cohort: Path) -> None:
+    row = load_manifest(tiny_cohort / "manifest.csv").rows[0]
+    predictor = Predictor(run / "best.pt")
+    both = predictor.predict(row.mri_path, row)
+    mri_only = predictor.predict(row.mri_path, None)
+    record_only = predictor.predict(None, row)
+    assert both.inputs_used["mri"] and both.inputs_used["record"]
+    assert mri_only.inputs_used == {**mri_only.inputs_used, "mri": True, "record": False,
+                                    "summary_fields": [], "tabular_fields": []}
+    assert not record_only.inputs_used["mri"] and record_only.summary is not None
+    assert "mmse" in both.inputs_used["label_defining_fields_used"]
+    for p in (both, mri_only, record_only):
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+        assert "Research use only" in p.notice
+    assert row.subject_id not in (record_only.summary or "")
+
+
+def test_resume_continues_identically(tiny_cohort: Path, tmp_path: Path) -> None:
+    cfg = tiny_train_config(tiny_cohort, tmp_path / "cache")
+    train(cfg, tmp_path / "straight", show_progress=False)
+    train(cfg, tmp_path / "resumed", show_progress=False, max_epochs=2)
+    assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
+    train(cfg, tmp_path / "resumed", resume=True, show_progress=False)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model_state"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model_state"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+    def losses(name: str) -> list[float]:
+        return [json.loads(line)["train_loss"]
+                for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses("straight") == pytest.approx(losses("resumed"), abs=1e-6)
+
+
+def test_baselines_train(tiny_cohort: Path, tmp_path: Path) -> None:
+    for kind in ("tabular", "concat", "cf_adversarial"):
+        cfg = tiny_train_config(tiny_cohort, tmp_path / "cache", kind=kind)
+        cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 1})})
+        result = train(cfg, tmp_path / kind, show_progress=False)
+        assert result.metrics["test"]["n"] > 0
+        p = Predictor(tmp_path / kind / "best.pt").predict(
+            None, load_manifest(tiny_cohort / "manifest.csv").rows[0])
+        assert p.model["kind"] == kind
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_matches_one_process(tiny_cohort: Path, tmp_path: Path) -> None:
+    cfg = tiny_train_config(tiny_cohort, tmp_path / "cache")
+    cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2})})
+    path = tmp_path / "train.yaml"
+    path.write_text(cfg.to_yaml())
+    single = train(cfg, tmp_path / "one", show_progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mediad",
+                    "train", str(path), "--out", str(tmp_path / "two")], check=True, env=env,
+                   capture_output=True, timeout=600)
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    one_losses = [json.loads(x)["train_loss"] for x in
+                  (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two_losses = [json.loads(x)["train_loss"] for x in
+                  (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert two_losses == pytest.approx(one_losses, rel=0.05)
+    for split in ("val", "test"):
+        assert two[split]["log_loss"] == pytest.approx(single.metrics[split]["log_loss"],
+                                                       rel=0.05)
+
+
+def test_bad_inputs_to_train_and_predict(run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+    with pytest.raises(MediADError, match="checkpoint not found"):
+        Predictor(tmp_path / "none.pt")
+    with pytest.raises(MediADError, match="is for task 'cn_mci_ad', not 'cn_ad'"):
+        Predictor(run / "best.pt", task="cn_ad")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MediADError, match="not a MediAD checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {manifest: m.csv}\nmodel: {kind: mediad, hidden_size: 3}\n")
+    with pytest.raises(InputError, match=r"model\.hidden_size: Extra inputs are not permitted"):
+        TrainConfig.from_yaml(bad)
+    bad.write_text("data: {manifest: m.csv}\nmodel: {kind: transformer}\n")
+    with pytest.raises(InputError, match=r"model\.kind"):
+        TrainConfig.from_yaml(bad)
+    with pytest.raises(MediADError, match="already holds a run"):
+        train(tiny_train_config(tiny_cohort, tmp_path / "cache"), run, show_progress=False)
+    flat = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(32, 32).astype(np.float32), np.eye(4)), flat)
+    with pytest.raises(ImageError, match="is a 2D image"):
+        Predictor(run / "best.pt").predict(flat, None)
+    with pytest.raises(MediADError, match="nothing to predict from"):
+        Predictor(run / "best.pt").predict(None, None)
+    shutil.rmtree(tmp_path / "cache", ignore_errors=True)

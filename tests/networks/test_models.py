@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mediad.errors import MediADError
+from mediad.networks.encoders import ImageEncoderConfig
+from mediad.networks.models import KINDS, ModelConfig, TabularBaseline, build_model
+
+SMALL = {"image": ImageEncoderConfig(channels=(8, 8, 16, 16)), "d_model": 16, "heads": 2,
+         "n_prototypes": 4}
+SHAPE = (32, 32, 32)
+
+
+def batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "image": torch.rand(n, 1, *SHAPE, generator=g),
+        "has_image": torch.tensor([1.0, 1.0, 0.0, 1.0][:n]),
+        "text": torch.randn(n, 5, 384, generator=g),
+        "has_text": torch.tensor([1.0, 0.0, 1.0, 1.0][:n]),
+        "tab_values": torch.randn(n, 12, generator=g) * 10 + 50,
+        "tab_mask": (torch.rand(n, 12, generator=g) > 0.3).float(),
+        "stratum": torch.tensor([0, 3, 7, 11][:n]),
+        "confounders": torch.randn(n, 3, generator=g),
+        "label": torch.tensor([0, 1, 2, 1][:n]),
+    }
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "tabular"])
+@pytest.mark.parametrize("tabular", [False, True])
+def test_every_variant_shapes_and_masks(kind: str, tabular: bool) -> None:
+    model = build_model(ModelConfig(kind=kind, use_tabular=tabular, **SMALL), SHAPE).eval()
+    b = batch()
+    out = model(b)
+    assert out.log_probs.shape == (4, 3) and out.log_probs_off.shape == (4, 3)
+    torch.testing.assert_close(out.log_probs.exp().sum(1), torch.ones(4))
+    # a masked (absent) MRI cannot influence the prediction
+    b2 = dict(b, image=b["image"].clone())
+    b2["image"][2] = torch.rand(1, *SHAPE) * 100
+    torch.testing.assert_close(model(b2).log_probs[2], out.log_probs[2])
+    model.train()
+    loss = model.loss(model(b), b["label"])
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_task_cn_ad_has_two_classes() -> None:
+    model = build_model(ModelConfig(task="cn_ad", **SMALL), SHAPE).eval()
+    assert model(batch()).log_probs.shape == (4, 2)
+
+
+def test_intervention_switch_differs_from_prediction_only_for_mediad() -> None:
+    b = batch()
+    mediad = build_model(ModelConfig(kind="mediad", **SMALL), SHAPE).eval()
+    out = mediad(b)
+    assert not torch.allclose(out.log_probs, out.log_probs_off)
+    concat = build_model(ModelConfig(kind="concat", **SMALL), SHAPE).eval()
+    out = concat(b)
+    torch.testing.assert_close(out.log_probs, out.log_probs_off)
+
+
+def test_a_few_steps_reduce_the_loss_and_a_tiny_set_is_overfitted() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="mediad", use_tabular=True, dropout=0.0, **SMALL),
+                        SHAPE)
+    b = {k: torch.cat([batch(seed=s)[k] for s in range(3)]) for k in batch()}  # 12 samples
+    b["label"] = torch.tensor([0, 1, 2, 1, 2, 0, 1, 0, 2, 2, 0, 1])
+    b["has_text"] = torch.ones(12)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(80):
+        model.train()
+        loss = model.loss(model(b), b["label"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    model.eval()
+    assert (model(b).log_probs.argmax(1) == b["label"]).all()
+
+
+def test_model_without_inputs_is_refused() -> None:
+    with pytest.raises(ValueError, match="has no input"):
+        build_model(ModelConfig(kind="concat", use_image=False, use_text=False, **SMALL))
+
+
+def test_wrong_image_shape_is_a_clear_error() -> None:
+    model = build_model(ModelConfig(kind="image_only", **SMALL), SHAPE).eval()
+    b = batch()
+    b["image"] = b["image"][:, 0]
+    with pytest.raises(MediADError, match=r"image batch must be \(B, 1, D, H, W\)"):
+        model(b)
+
+
+def test_tabular_baseline_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    x = np.c_[y + rng.normal(0, 0.3, 60), rng.normal(size=60)]
+    x[::7, 1] = np.nan  # missing stays missing
+    a = TabularBaseline(ModelConfig(kind="tabular")).fit(x, y)
+    b = TabularBaseline(ModelConfig(kind="tabular"))
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(a.predict_log_proba(x), b.predict_log_proba(x))
+    assert (a.predict_log_proba(x).argmax(1) == y).mean() > 0.9
+
+
+def test_channels_must_suit_group_norm() -> None:
+    with pytest.raises(ValueError, match="multiples of 4"):
+        ImageEncoderConfig(channels=(6, 8, 16, 16))
+
+
+def test_too_small_images_are_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="too small for the cnn encoder"):
+        build_model(ModelConfig(kind="image_only", **SMALL), (16, 16, 16))
+
+
+@pytest.mark.parametrize(("name", "size"), [("cnn", 32), ("resnet", 32), ("densenet121", 32),
+                                            ("swinvit", 64)])
+def test_every_image_backbone_gives_tokens(name: str, size: int) -> None:
+    from mediad.networks.encoders import ImageEncoder
+
+    encoder = ImageEncoder(ImageEncoderConfig(name=name), d_model=16, image_size=(size,) * 3)
+    with torch.no_grad():
+        tokens = encoder.eval()(torch.rand(1, 1, size, size, size))
+    assert tokens.ndim == 3 and tokens.shape[0] == 1 and tokens.shape[2] == 16
