@@ -310,24 +310,27 @@ def predict(
     checkpoint: Annotated[Path | None, typer.Option(help="best.pt of a run (default: the "
                                                     "demo model).")] = None,
     mri: Annotated[Path | None, typer.Option(help="T1 NIfTI (.nii / .nii.gz).")] = None,
-    record: Annotated[Path | None, typer.Option(help="One record: JSON or a one-row "
-                                                "CSV.")] = None,
+    record: Annotated[Path | None, typer.Option(help="The record: JSON or CSV (pick a row "
+                                                "with --subject/--visit).")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="Also write the JSON "
                                                   "here.")] = None,
     task: Annotated[str | None, typer.Option(help="Refuse a checkpoint of another task "
                                              "(cn_mci_ad or cn_ad).")] = None,
+    subject: Annotated[str | None, typer.Option(help="The subject to predict, when the record "
+                                                "file holds several (e.g. an ADNIMERGE "
+                                                "export).")] = None,
+    visit: Annotated[str | None, typer.Option(help="The visit (e.g. bl, m12), when the "
+                                              "subject has several.")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the record file.")] = "utf-8",
 ) -> None:
     """Predict one subject; prints JSON (probabilities, intervention off, inputs, summary)."""
-    from mediad.data.records import load_records
+    from mediad.data.records import load_records, select_record
     from mediad.engine.predictor import Predictor
     from mediad.paths import data_dir
 
     rec = None
     if record is not None:
-        rows = load_records(record).records()
-        if len(rows) != 1:
-            raise MediADError(f"{record}: expected one record, found {len(rows)}")
-        rec = rows[0]
+        rec = select_record(load_records(record, encoding=encoding), subject, visit)
     ck = checkpoint or data_dir() / "demo-model" / "best.pt"
     result = Predictor(ck, task=task).predict(mri, rec)
     text = result.model_dump_json(indent=2)

@@ -50,11 +50,13 @@ class Issue:
             parts.append(f"field {self.field}" + ("" if self.value is None else f"={self.value!r}"))
         return ", ".join(parts)
 
-    def __str__(self) -> str:
+    def describe(self) -> str:
+        """Where and what, without the severity (the caller says how serious it is)."""
         where = self.location()
-        return f"{self.severity}: {where}: {self.message}" if where else (
-            f"{self.severity}: {self.message}"
-        )
+        return f"{where}: {self.message}" if where else self.message
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.describe()}"
 
 
 class MediADError(Exception):
@@ -70,10 +72,11 @@ class InputError(MediADError):
         self.issues: list[Issue] = list(issues)
         errors = [i for i in self.issues if i.severity == "error"]
         head = summary or f"{len(errors)} problem(s) found"
-        lines = [head] + [f"  - {i}" for i in errors[:50]]
+        lines = [head] + [f"  - {i.describe()}" for i in errors[:50]]
         if len(errors) > 50:
             lines.append(f"  ... and {len(errors) - 50} more")
-        super().__init__("\n".join(lines) if len(errors) > 1 or summary else str(errors[0]))
+        super().__init__("\n".join(lines) if len(errors) > 1 or summary else
+                         errors[0].describe())
 
     @classmethod
     def raise_if_errors(cls, issues: Iterable[Issue], summary: str | None = None) -> None:

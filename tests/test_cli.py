@@ -128,3 +128,68 @@ def test_summarize_batch_resumes_and_prints(tmp_path: Path, tiny_cohort: Path) -
     record.write_text('{"subject_id": "X", "age": 70, "sex": "male"}')
     code, output = run("summarize", record, "--backend", "template", "--exclude", "mmse")
     assert code == 0 and "Age 70 years; male;" in output and "MMSE" not in output
+
+
+def test_hostile_mris_exit_cleanly(tmp_path: Path, tiny_run: Path) -> None:
+    from tests.hostile import gzip_bomb, header_bomb
+
+    bomb = header_bomb(tmp_path / "bomb.nii")
+    zbomb = gzip_bomb(tmp_path / "zbomb.nii.gz", extra_bytes=64 << 20)
+    for path, expected in ((bomb, "declares 4000x4000x4000 voxels"),
+                           (zbomb, "gzip stream holds more than")):
+        code, output = run("validate", path)
+        assert code == 1 and expected in output and "FAILED" in output
+        code, output = run("predict", "--checkpoint", tiny_run / "best.pt", "--mri", path)
+        assert code == 2 and expected in output
+        assert "error: error" not in output and output.count("error:") == 1
+
+
+ANONYMOUS = {"age": 72, "sex": "F", "mmse": 26, "cdr_sb": 1.5, "apoe4": 1}
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "adnimerge csv"])
+def test_one_record_without_an_id(tmp_path: Path, tiny_run: Path, fmt: str) -> None:
+    """A single patient's record needs no study id, in any command that takes one record."""
+    if fmt == "json":
+        path = tmp_path / "patient.json"
+        path.write_text(json.dumps(ANONYMOUS))
+    elif fmt == "csv":
+        path = tmp_path / "patient.csv"
+        path.write_text("age,sex,mmse,cdr_sb,apoe4\n72,F,26,1.5,1\n")
+    else:
+        path = tmp_path / "patient.csv"
+        path.write_text("AGE,PTGENDER,MMSE,CDRSB,APOE4\n72,Female,26,1.5,1\n")
+    code, output = run("validate", path)
+    assert code == 0 and "OK" in output, output
+    code, output = run("summarize", path, "--backend", "template", "--no-cache")
+    assert code == 0 and "72" in output and "26" in output
+    code, output = run("predict", "--checkpoint", tiny_run / "best.pt", "--record", path)
+    assert code == 0, output
+    result = json.loads(output[output.index("{"):])
+    assert result["inputs_used"]["record"] and "mmse" in result["inputs_used"]["summary_fields"]
+    assert "patient" not in (result["summary"] or "")
+
+
+def test_cohort_tables_still_need_ids(tmp_path: Path) -> None:
+    path = tmp_path / "two.csv"
+    path.write_text("age,sex\n72,F\n80,M\n")
+    code, output = run("validate", path)
+    assert code == 1 and "cannot tell which vocabulary" in output
+
+
+def test_predict_picks_a_row_of_a_multi_row_export(tmp_path: Path, tiny_run: Path) -> None:
+    path = tmp_path / "adnimerge.csv"
+    path.write_text("RID,PTID,VISCODE,AGE,PTGENDER,MMSE\n"
+                    "1,011_S_0001,bl,70,Female,29\n1,011_S_0001,m12,71,Female,27\n"
+                    "2,011_S_0002,bl,80,Male,20\n")
+    ck = tiny_run / "best.pt"
+    code, output = run("predict", "--checkpoint", ck, "--record", path)
+    assert code == 2 and "3 records match" in output and "011_S_0002/bl" in output
+    code, output = run("predict", "--checkpoint", ck, "--record", path, "--subject",
+                       "011_S_0001")
+    assert code == 2 and "2 records match 011_S_0001" in output
+    code, output = run("predict", "--checkpoint", ck, "--record", path, "--subject",
+                       "011_S_0001", "--visit", "m12")
+    assert code == 0 and json.loads(output[output.index("{"):])["inputs_used"]["record"]
+    code, output = run("predict", "--checkpoint", ck, "--record", path, "--subject", "X")
+    assert code == 2 and "no record for X" in output

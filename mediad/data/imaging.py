@@ -37,10 +37,10 @@ from monai.transforms import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
+from mediad.data.nifti import CheckNiftiFiled, check_nifti_file
 from mediad.errors import ImageError
 
 __all__ = [
-    "NIFTI_SUFFIXES",
     "CheckVolume",
     "CheckVolumed",
     "ImagingConfig",
@@ -50,9 +50,6 @@ __all__ = [
     "inspect_volume",
     "load_volume",
 ]
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
 
 class ImagingConfig(BaseModel):
     """How every MRI is brought to the network's input grid."""
@@ -136,13 +133,15 @@ class _AboveThreshold:
 
 
 def build_transforms(config: ImagingConfig | None = None, keys: Sequence[str] = ("image",),
-                     load: bool = True) -> Compose:
+                     load: bool = True, check_file: bool = True) -> Compose:
     """The dictionary pipeline, file path -> ``(1, *config.shape)`` float32 tensor.
 
     Args:
         config: grid and normalisation settings (defaults when ``None``).
         keys: dictionary keys holding images.
         load: include the loader (``False`` when the dictionary already holds arrays).
+        check_file: check each file's header and size before loading it (see
+            :mod:`mediad.data.nifti`); off only where the caller has just checked it.
 
     Returns:
         A MONAI ``Compose`` usable with CacheDataset / PersistentDataset.
@@ -151,6 +150,8 @@ def build_transforms(config: ImagingConfig | None = None, keys: Sequence[str] = 
     keys = list(keys)
     steps: list[Any] = []
     if load:
+        if check_file:
+            steps.append(CheckNiftiFiled(keys))
         steps.append(LoadImaged(keys, reader="NibabelReader", image_only=True,
                                 dtype=np.float32))
     steps += [
@@ -191,30 +192,6 @@ def _diagnose(path: Path, exc: BaseException) -> str:
     return "is not a readable NIfTI-1/2 file" + (f" ({detail})" if detail else "")
 
 
-def _check_path(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise ImageError(p, "file not found")
-    if not p.name.lower().endswith(NIFTI_SUFFIXES):
-        raise ImageError(p, f"unsupported file type {''.join(p.suffixes) or '(none)'}; "
-                         "expected a NIfTI file (.nii or .nii.gz)")
-    return p
-
-
-def _verify_gzip(path: Path) -> None:
-    """Decompress to the end so the gzip CRC is checked.
-
-    nibabel stops reading once it has the voxels it needs, so a corrupted (not truncated)
-    stream can otherwise decode silently into a wrong image.
-    """
-    try:
-        with gzip.open(path, "rb") as fh:
-            while fh.read(1 << 22):
-                pass
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ImageError(path, _diagnose(path, exc)) from None
-
-
 def load_volume(path: str | Path, config: ImagingConfig | None = None,
                 transforms: Compose | None = None) -> torch.Tensor:
     """Load one MRI through the ingest pipeline.
@@ -230,10 +207,9 @@ def load_volume(path: str | Path, config: ImagingConfig | None = None,
     Raises:
         ImageError: the file is missing, not NIfTI, damaged, or not a usable 3D volume.
     """
-    p = _check_path(path)
-    if p.name.lower().endswith(".gz"):
-        _verify_gzip(p)
-    pipeline = transforms or build_transforms(config)
+    p = Path(path)
+    check_nifti_file(p)  # before any voxel is read
+    pipeline = transforms or build_transforms(config, check_file=False)
     try:
         return pipeline({"image": str(p)})["image"]
     except ImageError:
@@ -277,9 +253,8 @@ def inspect_volume(path: str | Path, check_voxels: bool = True) -> VolumeInfo:
     Raises:
         ImageError: as :func:`load_volume`.
     """
-    p = _check_path(path)
-    if check_voxels and p.name.lower().endswith(".gz"):
-        _verify_gzip(p)
+    p = Path(path)
+    check_nifti_file(p)
     try:
         img = nib.load(str(p))
         info = VolumeInfo(

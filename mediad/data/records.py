@@ -42,6 +42,7 @@ __all__ = [
     "load_manifest",
     "load_records",
     "read_table",
+    "select_record",
     "to_adnimerge_row",
 ]
 
@@ -297,8 +298,12 @@ NACC_MAP = ColumnMap(
 VOCABULARIES: dict[str, ColumnMap] = {m.name: m for m in (MEDIAD_MAP, ADNIMERGE_MAP, NACC_MAP)}
 
 
-def detect_vocabulary(columns: Sequence[str]) -> ColumnMap:
-    """Tell MediAD, ADNIMERGE and NACC tables apart from their id columns."""
+def detect_vocabulary(columns: Sequence[str], require_id: bool = True) -> ColumnMap:
+    """Tell MediAD, ADNIMERGE and NACC tables apart from their id columns.
+
+    A single patient's record may have no id (``require_id=False``); it is then told apart
+    by which vocabulary knows most of its columns.
+    """
     cols = set(columns)
     if "subject_id" in cols:
         return MEDIAD_MAP
@@ -306,6 +311,15 @@ def detect_vocabulary(columns: Sequence[str]) -> ColumnMap:
         return NACC_MAP
     if cols & {"RID", "PTID"}:
         return ADNIMERGE_MAP
+    if not require_id:
+        known = {name: len(cols & set(m.columns)) for name, m in VOCABULARIES.items()}
+        best = max(known, key=lambda k: known[k])
+        if known[best]:
+            return VOCABULARIES[best]
+        raise InputError(
+            "none of the columns is a known record field (e.g. age, sex, mmse in MediAD "
+            f"names, or AGE, PTGENDER, MMSE in ADNIMERGE names); found: "
+            f"{', '.join(list(columns)[:12])}")
     raise InputError(
         "cannot tell which vocabulary this table uses: expected a subject id column, "
         "'subject_id' (MediAD), 'RID' or 'PTID' (ADNIMERGE), or 'NACCID' (NACC UDS); "
@@ -504,9 +518,24 @@ def _combine(vocab: ColumnMap, values: dict[str, Any], notes: Counter) -> None:
 _DISPLAY = {"_dx_bl": "baseline diagnosis", "_udsd": "diagnosis", "_alzd": "AD aetiology"}
 
 
-def map_table(raw: RawTable, vocabulary: str | None = None) -> RecordTable:
-    """Map raw cells onto :class:`ManifestRow` objects, collecting every issue."""
-    vocab = VOCABULARIES[vocabulary] if vocabulary else detect_vocabulary(raw.columns)
+#: The id given to a single patient's record that has none (it is never written anywhere).
+ANONYMOUS_ID = "patient"
+
+
+def map_table(raw: RawTable, vocabulary: str | None = None,
+              require_id: bool | None = None) -> RecordTable:
+    """Map raw cells onto :class:`ManifestRow` objects, collecting every issue.
+
+    Args:
+        raw: cells as read.
+        vocabulary: force a vocabulary instead of detecting it.
+        require_id: whether rows need a subject id; by default only tables of more than one
+            row do (a single patient's record may come without one).
+    """
+    if require_id is None:
+        require_id = len(raw.rows) > 1
+    vocab = VOCABULARIES[vocabulary] if vocabulary else detect_vocabulary(raw.columns,
+                                                                           require_id)
     used = [c for c in raw.columns if c in vocab.columns]
     ignored = [c for c in raw.columns if c not in vocab.columns]
 
@@ -549,6 +578,8 @@ def map_table(raw: RawTable, vocabulary: str | None = None) -> RecordTable:
             elif getattr(parse, "mapping", None) is not None and vocab is not MEDIAD_MAP:
                 translations[(col, cell.strip(), _DISPLAY.get(fld, fld), value)] += 1
         _combine(vocab, values, translations)
+        if not subject and not require_id:
+            subject = ANONYMOUS_ID
         if not subject:
             row_issues.append(Issue("error", "the subject id is missing (columns "
                                     f"{'/'.join(vocab.subject_columns)})", base.file,
@@ -594,6 +625,32 @@ def load_records(path: str | Path, *, encoding: str = "utf-8", strict: bool = Tr
     return table
 
 
+def select_record(table: RecordTable, subject: str | None = None,
+                  visit: str | None = None) -> ClinicalRecord:
+    """One record of a table: the only one, or the one ``subject`` (and ``visit``) names.
+
+    A real export (ADNIMERGE) holds many subjects and visits; a single patient's file one.
+
+    Raises:
+        InputError: no row matches, or several do and no choice narrows them to one (the
+            message lists the choices).
+    """
+    records = table.records()
+    picked = [r for r in records if (subject is None or r.subject_id == subject)
+              and (visit is None or r.visit == visit)]
+    if len(picked) == 1:
+        return picked[0]
+    choices = ", ".join(f"{r.subject_id}/{r.visit}" for r in records[:20]) + (
+        f" and {len(records) - 20} more" if len(records) > 20 else "")
+    wanted = "/".join(x for x in (subject, visit) if x)
+    if not picked:
+        raise InputError(f"{Path(table.path).name}: no record for {wanted or 'this choice'}; "
+                         f"it holds {choices}")
+    raise InputError(f"{Path(table.path).name}: {len(picked)} records match "
+                     f"{wanted or '(no subject or visit given)'}; choose one subject and visit "
+                     f"(--subject, --visit) among {choices}")
+
+
 def load_manifest(path: str | Path, *, encoding: str = "utf-8", strict: bool = True,
                   check_paths: bool = True) -> RecordTable:
     """Read a cohort manifest: a records table with an ``mri_path`` column.
@@ -609,7 +666,7 @@ def load_manifest(path: str | Path, *, encoding: str = "utf-8", strict: bool = T
     if "mri_path" not in raw.columns:
         raise InputError(f"{manifest}: a manifest needs an 'mri_path' column (it may be empty "
                          "for subjects without an MRI)")
-    table = map_table(raw)
+    table = map_table(raw, require_id=True)
     resolved: list[ManifestRow] = []
     for row, line in zip(table.rows, table.lines, strict=True):
         if row.mri_path:

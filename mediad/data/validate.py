@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mediad.data.imaging import NIFTI_SUFFIXES, inspect_volume
+from mediad.data.imaging import inspect_volume
+from mediad.data.nifti import NIFTI_SUFFIXES
 from mediad.data.records import load_manifest, load_records, read_table
 from mediad.errors import ImageError, InputError, Issue
 

@@ -77,7 +77,8 @@ class Predictor:
                     f", but llm_templates/ holds {self.summarizer.template.version}; use the "
                     "template the model was trained with")
             self.embedder = TextEmbedder(self.ck["text_model_id"], root / "embeddings")
-        self.transforms = build_transforms(self.config.data.imaging)
+        # load_volume checks each file first, so the pipeline need not check it again
+        self.transforms = build_transforms(self.config.data.imaging, check_file=False)
 
     def predict(self, mri: str | Path | None = None,
                 record: ClinicalRecord | None = None) -> Prediction:

@@ -25,6 +25,7 @@ import torch
 from torch import distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from mediad.data.nifti import check_nifti_file
 from mediad.data.records import ManifestRow, load_manifest
 from mediad.data.splits import Splits, check_leakage, make_splits
 from mediad.engine.checkpoint import (
@@ -43,7 +44,7 @@ from mediad.engine.samples import (
     make_dataset,
     make_summarizer,
 )
-from mediad.errors import InputError, MediADError
+from mediad.errors import ImageError, InputError, Issue, MediADError
 from mediad.metrics import classification_metrics
 from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import ARCHITECTURE, MultimodalNet, TabularBaseline, build_model
@@ -114,7 +115,6 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
                           "another --out")
     if resume and not (out / "last.pt").exists():
         raise MediADError(f"{out}/last.pt not found: nothing to resume")
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.optim.seed)
     np.random.seed(config.optim.seed)
     classes = config.model.classes
@@ -123,13 +123,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
     if len(rows) < 6:
         raise InputError(f"{config.data.manifest}: only {len(rows)} labelled row(s) for task "
                          f"{config.model.task}; training needs more")
+    use_image, use_text = config.model.inputs
+    if use_image:
+        _check_images(rows)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder
     splits = _splits(config, rows, out, d)
     by_split = {name: [r for r in rows if splits.split_of(r.subject_id) == name]
                 for name in ("train", "val", "test")}
     if d.main:
         (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     cache = cache_root(config)
-    use_image, use_text = config.model.inputs
     summarizer = make_summarizer(config, cache) if use_text else None
     embedder = TextEmbedder(config.data.text_model, cache / "embeddings") if (
         use_text) else None
@@ -153,6 +156,20 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
     if config.model.kind == "tabular":
         return _train_tabular(config, out, samples, meta, d)
     return _train_net(config, out, samples, meta, d, resume, show_progress, max_epochs, tqdm)
+
+
+def _check_images(rows: Sequence[ManifestRow]) -> None:
+    """Refuse hostile or broken MRIs by header before any is loaded, naming each subject."""
+    issues = []
+    for row in rows:
+        if row.mri_path:
+            try:
+                check_nifti_file(row.mri_path)
+            except ImageError as exc:
+                issues.append(Issue("error", exc.reason, subject=row.subject_id,
+                                    field="mri_path", value=Path(row.mri_path).name))
+    InputError.raise_if_errors(issues, summary=f"{len(issues)} unusable MRI(s); fix or "
+                               "remove them from the manifest")
 
 
 def _splits(config: TrainConfig, rows: list[ManifestRow], out: Path, d: DistInfo) -> Splits:

@@ -20,8 +20,7 @@ from mediad.engine.config import TrainConfig
 from mediad.engine.predictor import Predictor
 from mediad.engine.trainer import train
 from mediad.errors import ImageError, InputError, MediADError
-
-from .conftest import tiny_train_config
+from tests.conftest import tiny_train_config
 
 
 @pytest.fixture
@@ -151,3 +150,25 @@ def test_bad_inputs_to_train_and_predict(run: Path, tiny_cohort: Path, tmp_path:
     with pytest.raises(MediADError, match="nothing to predict from"):
         Predictor(run / "best.pt").predict(None, None)
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_training_refuses_hostile_mris_by_subject(tiny_cohort: Path, tmp_path: Path) -> None:
+    """A header bomb in a training manifest is refused before any MRI is loaded, naming the
+    subject, and leaves no run folder behind."""
+    from tests.hostile import header_bomb
+
+    lines = (tiny_cohort / "manifest.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("mri_path")
+    first = lines[1].split(",")
+    first[col] = str(header_bomb(tmp_path / "bomb.nii"))
+    rows = [",".join(header), ",".join(first)]
+    rows += [line.replace("images/", f"{tiny_cohort}/images/", 1) for line in lines[2:]]
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    cfg = tiny_train_config(tmp_path, tmp_path / "cache")
+    with pytest.raises(InputError) as info:
+        train(cfg, tmp_path / "run", show_progress=False)
+    message = str(info.value)
+    assert f"subject {first[0]}" in message and "bomb.nii" in message
+    assert "declares 4000x4000x4000 voxels" in message
+    assert not (tmp_path / "run").exists()
