@@ -403,8 +403,6 @@ def app_cmd(
     """Launch the Streamlit app (research use only) and print its URL."""
     import os
     import socket
-    import subprocess
-    import sys
 
     from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
 
@@ -417,23 +415,55 @@ def app_cmd(
             ensure_demo_cohort(progress=update, shifted=True)
         out.print("Demo model: training it the first time (about a minute)…")
         ensure_demo_model()
-    script = Path(__file__).resolve().parents[1] / "ui" / "app.py"
-    if not script.is_file():
-        raise MediADError(f"the app is not found at {script}; run from a source checkout")
+    import ui
+
+    script = Path(ui.__file__).with_name("app.py")
     if port is None:
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
     out.print(f"[bold]MediAD[/] (research use only) at [link]http://{host}:{port}[/link] — "
               "Ctrl+C to stop")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host,
-           "--server.port", str(port), "--server.headless", "true",
-           "--browser.gatherUsageStats", "false", "--server.maxUploadSize",
-           os.environ.get("MEDIAD_MAX_UPLOAD_MB", "256")]
+    cmd = streamlit_command(script, host, port)
+    raise typer.Exit(_serve(cmd))
+
+
+def streamlit_command(script: Path, host: str, port: int) -> list[str]:
+    """How the app is served: local only unless told, no telemetry, no Deploy button."""
+    import os
+    import sys
+
+    return [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host,
+            "--server.port", str(port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
+            "--server.maxUploadSize", os.environ.get("MEDIAD_MAX_UPLOAD_MB", "256")]
+
+
+def _serve(cmd: list[str]) -> int:
+    """Run the server until it ends or we are stopped; stopping us always stops it too."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd)
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        raise typer.Exit(subprocess.call(cmd))
+        return proc.wait()
     except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-st.set_page_config(page_title="MediAD (research use only)", page_icon=":material/neurology:",
+from ui.common import FAVICON
+
+# A local icon: a material or emoji page icon makes the browser fetch it from a web host.
+st.set_page_config(page_title="MediAD (research use only)", page_icon=str(FAVICON),
                    layout="wide")
 here = Path(__file__).parent
 pages = st.navigation([

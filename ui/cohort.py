@@ -1,61 +1,108 @@
-"""Cohort page: evaluate the model on a manifest; metrics with CIs, plots, downloads."""
+"""Cohort page: evaluate the model on a manifest; metrics with CIs, plots, downloads.
+
+An uploaded manifest's MRI paths are relative to the data folder, as the page says; absolute
+paths and paths that leave the folder are refused (a server must not read arbitrary files),
+and every path problem is listed before the run. The upload stays in memory; evaluation
+results go to ``<data folder>/evaluations/``, and a refused run leaves nothing there.
+"""
 
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
+import time
 import uuid
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from mediad.data.records import load_manifest
 from mediad.errors import LeakageError, MediADError
 from mediad.experiments.evaluation import evaluate
 from mediad.paths import data_dir
-from ui.common import banner, current_predictor, models_dir, save_upload
+from ui.common import (
+    Upload,
+    banner,
+    current_predictor,
+    on_disk,
+    read_upload,
+    show_error,
+    upload_token,
+    user_message,
+)
 
 st.title("Cohort evaluation")
 banner()
 predictor = current_predictor()
+state = st.session_state
 root = data_dir()
 manifests = sorted(root.glob("**/manifest.csv")) if root.is_dir() else []
 manifests = [m for m in manifests if "runs" not in m.parts]
 choice = st.selectbox("Manifest under the data folder", [None, *manifests],
                       format_func=lambda p: "—" if p is None else str(p.relative_to(root)))
-uploaded = st.file_uploader("…or upload a CSV of records whose mri_path values are relative "
-                            "to the data folder", type=["csv"])
-manifest: Path | None = choice
-if uploaded is not None:
-    try:
-        saved = save_upload(uploaded, "record")
-        # relative MRI paths resolve against the manifest's folder: the data folder
-        manifest = root / ".uploads" / f"{uuid.uuid4().hex}.csv"
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_bytes(saved.read_bytes())
-    except MediADError as exc:
-        st.error(str(exc))
-        manifest = None
+uploaded = st.file_uploader(f"…or upload a manifest CSV whose mri_path values are relative "
+                            f"to the data folder ({root})", type=["csv"], key="cohort_up")
+
+
+def check_upload(item: Upload) -> list[str]:
+    """Every problem of an uploaded manifest, paths included, before anything runs."""
+    with on_disk(item) as path:
+        try:
+            table = load_manifest(path, strict=False, base_dir=root, confine=True)
+        except MediADError as exc:
+            return [user_message(exc, path, item.name)]
+        return [user_message(MediADError(i.describe()), path, item.name)
+                for i in table.errors]
+
+
+token = upload_token(uploaded)
+if token != state.get("cohort_token"):
+    state["cohort_token"] = token
+    state.pop("cohort_upload", None)
+    state["cohort_problems"] = []
+    if uploaded is not None:
+        try:
+            item = read_upload(uploaded, "record")
+            state["cohort_problems"] = check_upload(item)
+            if not state["cohort_problems"]:
+                state["cohort_upload"] = item
+        except MediADError as exc:
+            state["cohort_problems"] = [user_message(exc)]
+problems: list[str] = state.get("cohort_problems", [])
+if problems:
+    st.error(f"This manifest cannot be evaluated ({len(problems)} problem(s)):\n\n"
+             + "\n".join(f"- {p}" for p in problems[:30]))
+upload: Upload | None = state.get("cohort_upload")
+source: Upload | Path | None = upload if uploaded is not None else choice
 force = st.checkbox("Evaluate even if subjects were in the training data (the report will "
                     "say so)")
-if predictor is not None and manifest is not None and st.button("Run evaluation",
-                                                                 type="primary"):
-    out = Path(tempfile.mkdtemp(prefix="mediad-eval-", dir=str(models_dir()) if
-                                models_dir().is_dir() else None))
+if predictor is not None and st.button("Run evaluation", type="primary",
+                                       disabled=source is None):
+    out = root / "evaluations" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     bar = st.progress(0.0, text="Predicting…")
     try:
-        result = evaluate(predictor.path, manifest, out, force=force, n_bootstrap=300,
-                          progress=lambda d, t: bar.progress(d / max(t, 1),
-                                                             text=f"Predicted {d}/{t}"))
-        st.session_state["cohort_out"] = str(out)
+        with on_disk(source) as path:  # type: ignore[arg-type]
+            evaluate(predictor.path, path, out, force=force, n_bootstrap=300,
+                     progress=lambda d, t: bar.progress(d / max(t, 1),
+                                                        text=f"Predicted {d}/{t}"),
+                     base_dir=root if isinstance(source, Upload) else None,
+                     confine=isinstance(source, Upload),
+                     manifest_name=source.name if isinstance(source, Upload) else None)
+        previous = state.get("cohort_out")
+        state["cohort_out"] = str(out)
+        if previous and Path(previous) != out:
+            shutil.rmtree(previous, ignore_errors=True)  # one result per session is kept
     except LeakageError as exc:
-        st.error(f"Refused: {exc}")
+        shutil.rmtree(out, ignore_errors=True)
+        show_error("Refused: ", exc)
     except MediADError as exc:
-        st.error(f"Cannot evaluate: {exc}")
+        shutil.rmtree(out, ignore_errors=True)
+        show_error("Cannot evaluate: ", exc)
     bar.empty()
 
-out_dir = st.session_state.get("cohort_out")
-if out_dir:
+out_dir = state.get("cohort_out")
+if out_dir and Path(out_dir).is_dir():
     out = Path(out_dir)
     metrics_file = out / "metrics.json"
     if metrics_file.is_file():

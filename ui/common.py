@@ -1,18 +1,44 @@
-"""Shared pieces of the MediAD app: banner, model loading, safe uploads. Logic lives in the
-`mediad` library; this module only glues it to Streamlit."""
+"""Shared pieces of the MediAD app: banner, model loading, uploads. Logic lives in the
+`mediad` library; this module only glues it to Streamlit.
+
+Uploads are kept in the session as bytes and written to a private temporary folder only
+while a library call reads them, so nothing is left on disk, and messages name the user's
+file, never an internal path.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
 from mediad import RESEARCH_NOTICE
 from mediad.engine.predictor import Predictor
-from mediad.errors import MediADError
+from mediad.errors import InputError, MediADError
 from mediad.paths import data_dir
+
+__all__ = [
+    "FAVICON",
+    "Upload",
+    "banner",
+    "checkpoints",
+    "current_predictor",
+    "max_upload_mb",
+    "models_dir",
+    "on_disk",
+    "read_upload",
+    "show_error",
+    "upload_token",
+    "user_message",
+]
+
+FAVICON = Path(__file__).with_name("assets") / "favicon.png"
+_SUFFIXES = {"mri": (".nii.gz", ".nii"), "record": (".json", ".csv")}
 
 
 def max_upload_mb() -> float:
@@ -60,31 +86,70 @@ def current_predictor() -> Predictor | None:
         return None
 
 
-def upload_dir() -> Path:
-    """A private temporary folder for this session's uploads."""
-    if "upload_dir" not in st.session_state:
-        st.session_state["upload_dir"] = tempfile.mkdtemp(prefix="mediad-upload-")
-    return Path(st.session_state["upload_dir"])
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file held in memory: the user's name (shown, never used as a path)."""
+
+    name: str
+    data: bytes
+    kind: str
+    suffix: str
 
 
-def save_upload(uploaded: object, kind: str) -> Path:
-    """Write an upload under a fixed name inside the session's temp folder.
+def upload_token(uploaded: object | None) -> tuple[str, int, str] | None:
+    """What identifies one upload across reruns (``None`` when the uploader is empty)."""
+    if uploaded is None:
+        return None
+    return (str(getattr(uploaded, "name", "")), int(getattr(uploaded, "size", 0)),
+            str(getattr(uploaded, "file_id", "")))
 
-    The user's file name is never used as a path, so nothing escapes the folder.
+
+def read_upload(uploaded: object, kind: str) -> Upload:
+    """Check an upload's size and type and keep it in memory.
 
     Raises:
         MediADError: over the size limit or of the wrong type.
     """
-    data = uploaded.getvalue()  # type: ignore[attr-defined]
-    name = str(getattr(uploaded, "name", "")).lower()
-    if len(data) > max_upload_mb() * 1024 * 1024:
-        raise MediADError(f"the file is {len(data) / 2**20:.1f} MB; the limit is "
+    name = str(getattr(uploaded, "name", "the file"))
+    size = int(getattr(uploaded, "size", 0))
+    if size > max_upload_mb() * 1024 * 1024:
+        raise MediADError(f"{name} is {size / 2**20:.1f} MB; the limit is "
                           f"{max_upload_mb():g} MB")
-    suffixes = {"mri": (".nii.gz", ".nii"), "record": (".json", ".csv")}[kind]
-    suffix = next((s for s in suffixes if name.endswith(s)), None)
+    suffixes = _SUFFIXES[kind]
+    suffix = next((s for s in suffixes if name.lower().endswith(s)), None)
     if suffix is None:
-        raise MediADError(f"{getattr(uploaded, 'name', 'the file')!r} is not a "
-                          f"{' or '.join(suffixes)} file")
-    target = upload_dir() / f"{kind}{suffix}"
-    target.write_bytes(data)
-    return target
+        raise MediADError(f"{name!r} is not a {' or '.join(suffixes)} file")
+    return Upload(name, uploaded.getvalue(), kind, suffix)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def on_disk(item: Upload | str | Path) -> Iterator[Path]:
+    """A path to read ``item`` from: a file on disk as is, an upload in a private temporary
+    folder that is deleted on exit (the user's file name never becomes a path)."""
+    if not isinstance(item, Upload):
+        yield Path(item)
+        return
+    with tempfile.TemporaryDirectory(prefix="mediad-upload-") as folder:
+        path = Path(folder) / f"{item.kind}{item.suffix}"
+        path.write_bytes(item.data)
+        yield path
+
+
+def user_message(exc: BaseException, path: Path | None = None, name: str | None = None) -> str:
+    """The error's message with an internal path replaced by what the user knows it as."""
+    if isinstance(exc, InputError) and len(exc.issues) > 1:
+        text = "\n".join(f"- {i.describe()}" for i in exc.issues if i.severity == "error")
+    else:
+        text = getattr(exc, "reason", None) or str(exc)
+    if path is not None:
+        text = text.replace(str(path), name or path.name)
+        text = text.replace(str(path.parent), "(upload)")
+    return text
+
+
+def show_error(prefix: str, exc: BaseException, path: Path | None = None,
+               name: str | None = None) -> str:
+    """Show an error (internal paths replaced) and return the text shown."""
+    text = f"{prefix}{user_message(exc, path, name)}"
+    st.error(text)
+    return text

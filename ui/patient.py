@@ -1,8 +1,14 @@
-"""Patient page: one MRI and one record in, a diagnosis suggestion you can question."""
+"""Patient page: one MRI and one record in, a diagnosis suggestion you can question.
+
+State rules: an input is in use only while what the page shows says so. A refused upload
+clears the input it would have replaced, and removing an upload (×) clears what it gave, so
+Predict never uses a file the user no longer sees.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import matplotlib
 
@@ -11,17 +17,33 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import streamlit as st
+from pydantic import ValidationError
 
+from mediad.data.imaging import load_volume
 from mediad.data.records import ClinicalRecord, load_manifest, load_records
 from mediad.engine.explain import saliency
-from mediad.errors import InputError, MediADError
+from mediad.errors import MediADError
 from mediad.paths import data_dir
-from ui.common import banner, current_predictor, save_upload
+from ui.common import (
+    Upload,
+    banner,
+    current_predictor,
+    on_disk,
+    read_upload,
+    show_error,
+    upload_token,
+)
 
 st.title("Patient")
 banner()
 predictor = current_predictor()
 state = st.session_state
+ENCODINGS = ["utf-8", "latin-1", "cp1252"]
+
+
+def forget(*keys: str) -> None:
+    for key in (*keys, "prediction", "saliency", "saliency_key"):
+        state.pop(key, None)
 
 
 def load_demo_subject() -> None:
@@ -29,37 +51,83 @@ def load_demo_subject() -> None:
     try:
         row = load_manifest(folder / "manifest.csv").rows[0]
     except MediADError as exc:
-        st.error(f"The demo cohort is not there ({exc}); run `make demo` first.")
+        state["demo_error"] = f"The demo cohort is not there ({exc}); run `make demo` first."
         return
-    state["mri_path"] = row.mri_path
+    forget("mri", "volume", "record", "record_table", "record_from")
+    state["mri"], state["mri_label"] = row.mri_path, "demo MRI (held-out synthetic cohort)"
     state["record"] = ClinicalRecord(**row.model_dump(exclude={"mri_path"}))
-    state["source"] = "demo subject (held-out synthetic cohort)"
-    state.pop("prediction", None)
+    state["record_from"] = "demo"
 
 
 st.button("Load a demo subject", on_click=load_demo_subject, type="secondary")
+if "demo_error" in state:
+    st.error(state.pop("demo_error"))
+
+
+def take_mri(uploaded: Any) -> None:
+    """A new upload replaces the MRI; a refused one or a removal leaves none in use."""
+    forget("mri", "volume", "mri_error")
+    if uploaded is None:
+        return
+    upload: Upload | None = None
+    try:
+        upload = read_upload(uploaded, "mri")
+        with on_disk(upload) as path:
+            try:
+                volume = load_volume(path, transforms=predictor.transforms if predictor
+                                     else None)
+            except MediADError as exc:
+                state["mri_error"] = show_error("This MRI cannot be used: ", exc, path,
+                                                upload.name)
+                return
+        state["mri"], state["mri_label"], state["volume"] = upload, upload.name, volume
+    except MediADError as exc:
+        state["mri_error"] = show_error("This MRI cannot be used: ", exc)
+
+
+def take_record_file(uploaded: Any, kind: str, encoding: str) -> None:
+    """Read a record file; a table of several rows offers a subject/visit picker."""
+    if state.get("record_from") == kind or uploaded is not None:
+        forget("record", "record_table", "record_from")
+    state.pop(f"rec_{kind}_error", None)
+    if uploaded is None:
+        return
+    try:
+        upload = read_upload(uploaded, "record")
+    except MediADError as exc:
+        state[f"rec_{kind}_error"] = show_error("This record cannot be used: ", exc)
+        return
+    with on_disk(upload) as path:
+        try:
+            table = load_records(path, encoding=encoding)
+        except MediADError as exc:
+            state[f"rec_{kind}_error"] = show_error("This record has problems:\n", exc, path,
+                                                    upload.name)
+            return
+    records = table.records()
+    state["record_from"] = kind
+    if len(records) == 1:
+        state["record"] = records[0]
+    else:
+        state["record_table"] = records
+
 
 left, right = st.columns(2)
 with left:
     st.subheader("MRI")
     mri = st.file_uploader("T1 MRI (NIfTI .nii or .nii.gz)", type=["nii", "gz"], key="mri_up")
-    if mri is not None and state.get("mri_name") != (mri.name, mri.size):
-        try:
-            path = save_upload(mri, "mri")
-            from mediad.data.imaging import inspect_volume
-
-            inspect_volume(path)
-            state["mri_path"], state["mri_name"] = str(path), (mri.name, mri.size)
-            state.pop("prediction", None)
-        except MediADError as exc:
-            st.error(f"This MRI cannot be used: {getattr(exc, 'reason', exc)}")
-    if state.get("mri_path"):
-        st.caption("MRI loaded." if "demo" not in state.get("source", "") else
-                   "Demo MRI loaded.")
+    token = upload_token(mri)
+    if token != state.get("mri_token"):
+        state["mri_token"] = token
+        take_mri(mri)
+    elif state.get("mri_error"):
+        st.error(state["mri_error"])
+    if state.get("mri") is not None:
+        st.caption(f"MRI loaded: {state['mri_label']}.")
 
 with right:
     st.subheader("Clinical record")
-    form_tab, json_tab, csv_tab = st.tabs(["Form", "JSON file", "CSV row (ADNIMERGE)"])
+    form_tab, json_tab, csv_tab = st.tabs(["Form", "JSON file", "CSV (ADNIMERGE, NACC)"])
     with form_tab, st.form("record_form"):
         rec: ClinicalRecord | None = state.get("record")
         c1, c2, c3 = st.columns(3)
@@ -79,8 +147,8 @@ with right:
         bmi = c3.number_input("BMI", value=rec.bmi if rec else None)
         yn = ["not recorded", "yes", "no"]
 
-        def pick(col: object, label: str, value: bool | None) -> str:
-            return col.selectbox(label, yn, index=0 if value is None else (1 if value else 2))  # type: ignore[attr-defined]
+        def pick(col: Any, label: str, value: bool | None) -> str:
+            return col.selectbox(label, yn, index=0 if value is None else (1 if value else 2))
 
         hyp = pick(c1, "Hypertension", rec.hypertension if rec else None)
         dia = pick(c2, "Diabetes", rec.diabetes if rec else None)
@@ -96,50 +164,52 @@ with right:
                       "hypertension": None if hyp == yn[0] else hyp == "yes",
                       "diabetes": None if dia == yn[0] else dia == "yes",
                       "smoking": None if smo == yn[0] else smo == "yes"}
+            forget("record", "record_table", "record_from")
             try:
-                from pydantic import ValidationError
-
-                state["record"] = ClinicalRecord(**values)
-                state.pop("prediction", None)
+                state["record"], state["record_from"] = ClinicalRecord(**values), "form"
                 st.success("Record accepted.")
             except ValidationError as exc:
                 for e in exc.errors():
                     st.error(f"{e['loc'][0]} = {e.get('input')!r}: {e['msg']}")
     for tab, kind in ((json_tab, "json"), (csv_tab, "csv")):
         with tab:
-            up = st.file_uploader(f"One record ({kind.upper()})", type=[kind], key=f"rec_{kind}")
-            if up is not None and state.get(f"rec_{kind}_name") != (up.name, up.size):
-                state[f"rec_{kind}_name"] = (up.name, up.size)
-                try:
-                    path = save_upload(up, "record")
-                    rows = load_records(path).records()
-                    if len(rows) != 1:
-                        raise MediADError(f"expected one record, found {len(rows)}; use the "
-                                          "Cohort page for tables")
-                    state["record"] = rows[0]
-                    state.pop("prediction", None)
-                    st.success("Record accepted.")
-                except InputError as exc:
-                    st.error("This record has problems:")
-                    for issue in exc.issues:
-                        if issue.severity == "error":
-                            where = ", ".join(x for x in (issue.field and f"{issue.field}="
-                                                          f"{issue.value!r}",) if x)
-                            st.error(f"{where}: {issue.message}" if where else issue.message)
-                except MediADError as exc:
-                    st.error(str(exc))
+            up = st.file_uploader(f"Record file ({kind.upper()}; one patient, or an export "
+                                  "to pick from)", type=[kind], key=f"rec_{kind}")
+            encoding = st.selectbox("Text encoding", ENCODINGS, key=f"enc_{kind}",
+                                    help="Exports from older systems are often latin-1.")
+            token = (upload_token(up), encoding)
+            if token != state.get(f"rec_{kind}_token"):
+                state[f"rec_{kind}_token"] = token
+                take_record_file(up, kind, encoding)
+            elif state.get(f"rec_{kind}_error"):
+                st.error(state[f"rec_{kind}_error"])
+            table = state.get("record_table") if state.get("record_from") == kind else None
+            if table:
+                labels = [f"{r.subject_id} / {r.visit}" for r in table]
+                choice = st.selectbox(f"This file holds {len(table)} records: subject / visit",
+                                      range(len(table)), format_func=labels.__getitem__,
+                                      key=f"pick_{kind}")
+                if state.get("record") is not table[choice]:
+                    forget("record")
+                    state["record"] = table[choice]
+            if state.get("record_from") == kind and state.get("record") is not None:
+                st.success("Record accepted.")
 
 record: ClinicalRecord | None = state.get("record")
-mri_path: str | None = state.get("mri_path")
+mri_in: Upload | str | None = state.get("mri")
 st.divider()
 if predictor is None:
     st.stop()
-if st.button("Predict", type="primary", disabled=not (record or mri_path)):
+if st.button("Predict", type="primary", disabled=not (record or mri_in)):
     try:
-        state["prediction"] = predictor.predict(mri_path, record)
+        if mri_in is None:
+            state["prediction"] = predictor.predict(None, record)
+        else:
+            with on_disk(mri_in) as path:
+                state["prediction"] = predictor.predict(path, record)
     except MediADError as exc:
-        st.error(f"Cannot predict: {getattr(exc, 'reason', exc)}")
-if not (record or mri_path):
+        show_error("Cannot predict: ", exc)
+if not (record or mri_in):
     st.info("Load a demo subject, or give an MRI and/or a record, then press Predict.")
 
 pred = state.get("prediction")
@@ -179,47 +249,68 @@ if pred is not None:
     with st.expander("Full prediction (JSON)"):
         st.code(json.dumps(pred.model_dump(), indent=2), language="json")
 
-if mri_path:
-    st.subheader("MRI viewer")
-    method = st.radio("Saliency", ["none", "gradcam", "occlusion"], horizontal=True,
-                      help="monai.visualize: GradCAM on the last encoder block, or occlusion "
-                      "sensitivity (slower).")
-    try:
-        if method != "none" and pred is not None and predictor.use_image:
-            key = (mri_path, method, predictor.path)
-            if state.get("saliency_key") != key:
-                with st.spinner("Computing saliency…"):
-                    state["saliency"] = saliency(predictor, mri_path, record, method)
-                    state["saliency_key"] = key
-            volume, heat, explained = state["saliency"]
-        else:
-            from mediad.data.imaging import load_volume
 
-            volume = load_volume(mri_path, transforms=predictor.transforms)[0].numpy()
-            heat, explained = None, None
-    except MediADError as exc:
-        st.error(str(exc))
-        st.stop()
+def show_volume(volume: np.ndarray, heat: np.ndarray | None) -> None:
+    """Three planes in neurological convention (subject's left on the screen's left), with
+    orientation letters and a colour bar for the saliency overlay."""
     shape = volume.shape
     c = st.columns(4)
     ix = c[0].slider("Sagittal (x)", 0, shape[0] - 1, shape[0] // 2)
     iy = c[1].slider("Coronal (y)", 0, shape[1] - 1, shape[1] // 2)
     iz = c[2].slider("Axial (z)", 0, shape[2] - 1, shape[2] // 2)
     lo, hi = c[3].slider("Intensity window", 0.0, 1.0, (0.0, 1.0))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-    for ax, img, h, title in ((axes[0], volume[ix], None if heat is None else heat[ix],
-                               "sagittal"),
-                              (axes[1], volume[:, iy], None if heat is None else heat[:, iy],
-                               "coronal"),
-                              (axes[2], volume[:, :, iz], None if heat is None else
-                               heat[:, :, iz], "axial")):
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 4), layout="constrained")
+    planes = ((volume[ix], None if heat is None else heat[ix], "sagittal", ("P", "A")),
+              (volume[:, iy], None if heat is None else heat[:, iy], "coronal", ("L", "R")),
+              (volume[:, :, iz], None if heat is None else heat[:, :, iz], "axial",
+               ("L", "R")))
+    overlay = None
+    for ax, (img, h, title, (low, high)) in zip(axes, planes, strict=True):
+        # RAS arrays: index 0 is the subject's left (x) or back (y); drawn at the left edge
         ax.imshow(img.T, origin="lower", cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-3))
         if h is not None:
-            ax.imshow(h.T, origin="lower", cmap="hot", alpha=0.35, vmin=0, vmax=1)
+            overlay = ax.imshow(h.T, origin="lower", cmap="hot", alpha=0.4, vmin=0, vmax=1)
         ax.set_title(title)
-        ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for x, text in ((0.02, low), (0.98, high)):
+            ax.text(x, 0.5, text, transform=ax.transAxes, color="yellow", fontsize=12,
+                    fontweight="bold", ha="left" if x < 0.5 else "right", va="center")
+    if overlay is not None:
+        fig.colorbar(overlay, ax=axes, shrink=0.8, label="saliency (0 = none, 1 = most)")
     st.pyplot(fig)
     plt.close(fig)
+
+
+volume = state.get("volume")
+if mri_in is not None and predictor is not None:
+    st.subheader("MRI viewer")
+    method = st.radio("Saliency", ["none", "gradcam", "occlusion"], horizontal=True,
+                      help="monai.visualize: GradCAM on the last encoder block (about a "
+                      "second), or occlusion sensitivity (tens of seconds, with a progress "
+                      "bar).")
+    heat = explained = None
+    try:
+        if volume is None:
+            with on_disk(mri_in) as path:
+                volume = state["volume"] = load_volume(path, transforms=predictor.transforms)
+        if method != "none" and pred is not None and predictor.use_image:
+            key = (state.get("mri_label"), method, predictor.path, id(record))
+            if state.get("saliency_key") != key:
+                bar = st.progress(0.0, text=f"Computing {method} saliency…")
+                with on_disk(mri_in) as path:
+                    state["saliency"] = saliency(
+                        predictor, path, record, method,  # type: ignore[arg-type]
+                        progress=lambda d, t: bar.progress(d / max(t, 1),
+                                                           text=f"{method}: {d}/{t}"))
+                state["saliency_key"] = key
+                bar.empty()
+            _, heat, explained = state["saliency"]
+    except MediADError as exc:
+        show_error("", exc)
+        st.stop()
+    show_volume(volume[0].numpy(), heat)
     if explained:
         st.caption(f"Saliency ({method}) for the predicted class {explained}, on the "
-                   "preprocessed volume (RAS, network grid).")
+                   "preprocessed volume (RAS, network grid). Letters mark the subject's "
+                   "right (R), left (L), anterior (A) and posterior (P).")

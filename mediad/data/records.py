@@ -652,16 +652,28 @@ def select_record(table: RecordTable, subject: str | None = None,
 
 
 def load_manifest(path: str | Path, *, encoding: str = "utf-8", strict: bool = True,
-                  check_paths: bool = True) -> RecordTable:
+                  check_paths: bool = True, base_dir: str | Path | None = None,
+                  confine: bool = False) -> RecordTable:
     """Read a cohort manifest: a records table with an ``mri_path`` column.
 
-    Relative MRI paths are resolved against the manifest's folder; a path that does not
-    exist is an error naming the subject. A row without a path is valid (record only).
+    Relative MRI paths are resolved against ``base_dir`` (default: the manifest's folder);
+    a path that does not exist is an error naming the subject. A row without a path is valid
+    (record only).
+
+    Args:
+        path: the manifest CSV/JSON.
+        encoding: its text encoding.
+        strict: raise on any error; otherwise bad rows are listed in ``issues``.
+        check_paths: check that each MRI file exists.
+        base_dir: the folder relative paths start from.
+        confine: refuse absolute paths and paths that leave ``base_dir`` (for manifests
+            uploaded to a server, which must not read arbitrary files).
 
     Raises:
         InputError: as :func:`load_records`, plus a missing ``mri_path`` column or files.
     """
     manifest = Path(path)
+    base = Path(base_dir) if base_dir is not None else manifest.parent
     raw = read_table(manifest, encoding)
     if "mri_path" not in raw.columns:
         raise InputError(f"{manifest}: a manifest needs an 'mri_path' column (it may be empty "
@@ -671,9 +683,17 @@ def load_manifest(path: str | Path, *, encoding: str = "utf-8", strict: bool = T
     for row, line in zip(table.rows, table.lines, strict=True):
         if row.mri_path:
             p = Path(row.mri_path)
-            p = p if p.is_absolute() else (manifest.parent / p)
-            if check_paths and not p.is_file():
-                table.issues.append(Issue("error", "MRI file not found", str(manifest), line,
+            problem = None
+            if confine and p.is_absolute():
+                problem = "absolute paths are not allowed here; give a path relative to " \
+                          "the data folder"
+            elif confine and not (base / p).resolve().is_relative_to(base.resolve()):
+                problem = "the path leaves the data folder"
+            p = p if p.is_absolute() else (base / p)
+            if problem is None and check_paths and not p.is_file():
+                problem = "MRI file not found"
+            if problem:
+                table.issues.append(Issue("error", problem, str(manifest), line,
                                           row.subject_id, "mri_path", row.mri_path))
             row = row.model_copy(update={"mri_path": str(p)})
         resolved.append(row)

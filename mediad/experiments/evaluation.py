@@ -132,8 +132,15 @@ def predict_stream(predictor: Predictor, rows: Sequence[ManifestRow], out_csv: P
 
 def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, *,
              force: bool = False, batch_size: int = 16, n_bootstrap: int = 1000,
-             seed: int = 0, progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             seed: int = 0, progress: Callable[[int, int], None] | None = None,
+             base_dir: str | Path | None = None, confine: bool = False,
+             manifest_name: str | None = None) -> EvalResult:
     """Evaluate a checkpoint on a cohort manifest (labels optional).
+
+    ``base_dir`` and ``confine`` are passed to :func:`~mediad.data.records.load_manifest`
+    (relative MRI paths, and whether paths may leave that folder); ``manifest_name`` is how
+    the report names the manifest (default: its path). Nothing is written before the inputs
+    have been accepted, so a refused run leaves no folder.
 
     Raises:
         LeakageError: subjects of the cohort were in the model's training data (unless
@@ -144,7 +151,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
 
     out = Path(out_dir)
     predictor = Predictor(checkpoint)
-    table = load_manifest(manifest)
+    table = load_manifest(manifest, base_dir=base_dir, confine=confine)
     rows = table.rows
     warnings: list[str] = []
     # How many, never which: the message must not confirm who was in the training data.
@@ -179,7 +186,8 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
         if not d.main:
             return EvalResult(out, len(rows), None, warnings)
     frame = pd.read_csv(final, dtype={"subject_id": str, "visit": str}, keep_default_na=False)
-    return _report(predictor, frame, table.path, out, warnings, n_bootstrap, seed)
+    return _report(predictor, frame, manifest_name or table.path, out, warnings, n_bootstrap,
+                   seed)
 
 
 def _merge(out: Path, rows: Sequence[ManifestRow], world: int, final: Path) -> None:

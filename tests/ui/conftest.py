@@ -7,13 +7,14 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def app_data(tiny_run: Path, held_out_cohort: Path, tmp_path_factory: pytest.TempPathFactory
-             ) -> Path:
+def app_data(tiny_run: Path, tiny_cohort: Path, held_out_cohort: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data folder laid out like `make demo` leaves it, with the tiny model and cohort."""
     root = tmp_path_factory.mktemp("appdata")
     (root / "demo-model").mkdir()
     shutil.copy(tiny_run / "best.pt", root / "demo-model" / "best.pt")
     shutil.copytree(held_out_cohort, root / "demo-shifted")
+    shutil.copytree(tiny_cohort, root / "train-cohort")  # the model's own training cohort
     abl = root / "ablation-run"
     abl.mkdir()
     (abl / "ablation.csv").write_text(

@@ -8,13 +8,14 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from mediad.cli import streamlit_command
 
 UI = Path(__file__).resolve().parents[2] / "ui" / "app.py"
 CHROMIUM = os.environ.get("MEDIAD_CHROMIUM", "/usr/bin/chromium")
@@ -26,11 +27,8 @@ def server(app_data: Path) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MEDIAD_DATA_DIR": str(app_data), "MEDIAD_MODELS_DIR": str(app_data)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(UI), "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(streamlit_command(UI, "127.0.0.1", port), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from tests.hostile import header_bomb
 
 UI = Path(__file__).resolve().parents[2] / "ui"
 TIMEOUT = 120
@@ -54,35 +58,130 @@ def test_patient_demo_subject_predicts(app_env: Path) -> None:
     assert ids not in shown
 
 
+def uploader(at: AppTest, prefix: str) -> Any:
+    return next(u for u in at.file_uploader if u.label.startswith(prefix))
+
+
+def mri_bytes(app_env: Path) -> bytes:
+    row = (app_env / "demo-shifted" / "manifest.csv").read_text().splitlines()[1].split(",")
+    return (app_env / "demo-shifted" / row[2]).read_bytes()
+
+
+def predicted(at: AppTest) -> dict[str, Any]:
+    return json.loads(next(c.value for c in at.code if c.value.startswith("{")))
+
+
+def uploads_on_disk() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("mediad-upload-*"))
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind() -> Any:
+    """Every page test: the app leaves no upload folder in the temporary directory."""
+    before = uploads_on_disk()
+    yield
+    assert uploads_on_disk() <= before
+
+
 def test_patient_bad_uploads_keep_the_app_working(app_env: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     at = page("patient")
-    uploaders = {u.label: u for u in at.file_uploader}
-    mri = uploaders["T1 MRI (NIfTI .nii or .nii.gz)"]
+    mri = uploader(at, "T1 MRI")
     mri.set_value(("notes.tar.gz", b"hello", "application/gzip")).run()
     assert "'notes.tar.gz' is not a .nii.gz or .nii file" in texts(at)
-    at.file_uploader[0].set_value(("scan.nii.gz", b"\x1f\x8b" + b"x" * 100,
-                                   "application/gzip")).run()
+    uploader(at, "T1 MRI").set_value(("scan.nii.gz", b"\x1f\x8b" + b"x" * 100,
+                                      "application/gzip")).run()
     assert "This MRI cannot be used: the gzip data is truncated or corrupt" in texts(at)
     flat = nib.Nifti1Image(np.random.rand(16, 16).astype(np.float32), np.eye(4))
-    at.file_uploader[0].set_value(("flat.nii.gz", gzip.compress(flat.to_bytes()),
-                                   "application/gzip")).run()
+    uploader(at, "T1 MRI").set_value(("flat.nii.gz", gzip.compress(flat.to_bytes()),
+                                      "application/gzip")).run()
     assert "is a 2D image" in texts(at)
-    json_up = next(u for u in at.file_uploader if u.label == "One record (JSON)")
-    json_up.set_value(("r.json", b'{"subject_id": "S1", "mmse": 45, "age": -3}',
-                       "application/json")).run()
+    bomb = header_bomb(tmp_path / "bomb.nii").read_bytes()
+    uploader(at, "T1 MRI").set_value(("bomb.nii", bomb, "application/octet-stream")).run()
+    assert "declares 4000x4000x4000 voxels" in texts(at) and not at.exception
+    uploader(at, "Record file (JSON").set_value(
+        ("r.json", b'{"subject_id": "S1", "mmse": 45, "age": -3}', "application/json")).run()
     shown = texts(at)
     assert "mmse=45.0: out of range; expected 0 to 30" in shown
     assert "age=-3.0: out of range; expected 18 to 110" in shown
+    assert "r.json" in shown and "mediad-upload-" not in shown and tempfile.gettempdir() \
+        not in shown  # the user's file name, never an internal path
     monkeypatch.setenv("MEDIAD_MAX_UPLOAD_MB", "0.0001")
-    at.file_uploader[0].set_value(("big.nii.gz", b"\x1f\x8b" + b"0" * 500,
-                                   "application/gzip")).run()
+    uploader(at, "T1 MRI").set_value(("big.nii.gz", b"\x1f\x8b" + b"0" * 500,
+                                      "application/gzip")).run()
     assert "the limit is 0.0001 MB" in texts(at)
     assert not at.exception
     # after all that, a good subject still predicts
     button(at, "Load a demo subject").click().run()
     button(at, "Predict").click().run()
     assert "Probabilities" in texts(at) and not at.exception
+
+
+def test_refused_mri_after_a_good_one_is_not_used(app_env: Path) -> None:
+    """good MRI -> bad MRI -> Predict: the good one is gone, the page says so."""
+    at = page("patient")
+    uploader(at, "T1 MRI").set_value(("scan.nii.gz", mri_bytes(app_env),
+                                      "application/gzip")).run()
+    assert "MRI loaded: scan.nii.gz." in texts(at)
+    uploader(at, "Record file (JSON").set_value(
+        ("r.json", json.dumps({"age": 75, "sex": "female"}).encode(), "application/json")).run()
+    button(at, "Predict").click().run()
+    assert predicted(at)["inputs_used"]["mri"] is True
+    uploader(at, "T1 MRI").set_value(("broken.nii.gz", b"\x1f\x8b" + b"x" * 100,
+                                      "application/gzip")).run()
+    shown = texts(at)
+    assert "MRI loaded" not in shown and "This MRI cannot be used" in shown
+    assert "Probabilities" not in shown  # the old answer went with the old MRI
+    button(at, "Predict").click().run()
+    assert predicted(at)["inputs_used"]["mri"] is False  # record only, as the page shows
+
+
+def test_removed_mri_is_not_used(app_env: Path) -> None:
+    """good MRI -> remove (×) -> Predict: nothing to predict from."""
+    at = page("patient")
+    uploader(at, "T1 MRI").set_value(("scan.nii.gz", mri_bytes(app_env),
+                                      "application/gzip")).run()
+    assert not button(at, "Predict").disabled
+    uploader(at, "T1 MRI").set_value(None).run()
+    assert "MRI loaded" not in texts(at)
+    assert button(at, "Predict").disabled
+
+
+def test_refused_or_removed_record_is_not_used(app_env: Path) -> None:
+    """good record -> bad record -> Predict, and good record -> remove -> Predict."""
+    at = page("patient")
+    good = json.dumps({"age": 75, "sex": "female", "mmse": 22}).encode()
+    uploader(at, "Record file (JSON").set_value(("good.json", good, "application/json")).run()
+    assert "Record accepted." in texts(at) and not button(at, "Predict").disabled
+    uploader(at, "Record file (JSON").set_value(
+        ("bad.json", b'{"age": 300}', "application/json")).run()
+    shown = texts(at)
+    assert "age=300.0: out of range" in shown and "Record accepted." not in shown
+    assert button(at, "Predict").disabled  # no MRI, and the refused record is not used
+    uploader(at, "Record file (JSON").set_value(("good.json", good, "application/json")).run()
+    assert not button(at, "Predict").disabled
+    uploader(at, "Record file (JSON").set_value(None).run()
+    assert button(at, "Predict").disabled and "Record accepted." not in texts(at)
+
+
+def test_multi_row_export_offers_a_picker(app_env: Path) -> None:
+    at = page("patient")
+    csv = (b"RID,PTID,VISCODE,AGE,PTGENDER,MMSE\n1,011_S_0001,bl,70,Female,29\n"
+           b"2,011_S_0002,bl,88,Male,12\n")
+    uploader(at, "Record file (CSV").set_value(("adnimerge.csv", csv, "text/csv")).run()
+    pick = next(s for s in at.selectbox if s.label.startswith("This file holds 2 records"))
+    pick.set_value(1).run()
+    button(at, "Predict").click().run()
+    assert "MMSE 12" in predicted(at)["summary"] and not at.exception
+
+
+def test_latin1_record_needs_an_encoding_choice(app_env: Path) -> None:
+    at = page("patient")
+    csv = "age,sex,notes\n70,F,caf\xe9 au lait daily\n".encode("latin-1")
+    uploader(at, "Record file (CSV").set_value(("latin.csv", csv, "text/csv")).run()
+    assert "is not utf-8 text" in texts(at)
+    next(s for s in at.selectbox if s.key == "enc_csv").set_value("latin-1").run()
+    assert "Record accepted." in texts(at) and not at.exception
 
 
 def test_patient_form_validates(app_env: Path) -> None:
@@ -108,8 +207,69 @@ def test_cohort_page_evaluates(app_env: Path) -> None:
 def test_cohort_page_refuses_bad_upload(app_env: Path) -> None:
     at = page("cohort")
     at.file_uploader[0].set_value(("cohort.csv", b"foo,bar\n1,2\n", "text/csv")).run()
-    button(at, "Run evaluation").click().run()
     assert "a manifest needs an 'mri_path' column" in texts(at) and not at.exception
+    assert button(at, "Run evaluation").disabled
+
+
+def _manifest(app_env: Path, paths: list[str]) -> bytes:
+    lines = (app_env / "demo-shifted" / "manifest.csv").read_text().splitlines()
+    head = lines[0].split(",")
+    col = head.index("mri_path")
+    out = [lines[0]]
+    for line, path in zip(lines[1:], paths, strict=False):
+        cells = line.split(",")
+        cells[col] = path
+        out.append(",".join(cells))
+    return ("\n".join(out) + "\n").encode()
+
+
+def test_cohort_upload_paths_are_relative_to_the_data_folder(app_env: Path) -> None:
+    rows = (app_env / "demo-shifted" / "manifest.csv").read_text().splitlines()[1:6]
+    relative = [f"demo-shifted/{r.split(',')[2]}" for r in rows]
+    at = page("cohort")
+    at.file_uploader[0].set_value(("mine.csv", _manifest(app_env, relative), "text/csv")).run()
+    assert "cannot be evaluated" not in texts(at)
+    before = set((app_env / "evaluations").glob("*")) if (app_env / "evaluations").is_dir() \
+        else set()
+    button(at, "Run evaluation").click().run()
+    assert not at.exception, at.exception
+    assert {d.label for d in at.get("download_button")} >= {"predictions.csv", "report.html"}
+    created = set((app_env / "evaluations").glob("*")) - before
+    assert len(created) == 1
+    report = (created.pop() / "report.md").read_text()
+    assert "mine.csv" in report and "mediad-upload-" not in report
+    assert not list(app_env.glob("*.csv")) and not (app_env / ".uploads").exists()
+
+
+def test_cohort_upload_refuses_paths_outside_the_data_folder(app_env: Path, tmp_path: Path
+                                                            ) -> None:
+    rows = (app_env / "demo-shifted" / "manifest.csv").read_text().splitlines()[1:4]
+    real = app_env / "demo-shifted" / rows[0].split(",")[2]
+    paths = [str(real), "../../etc/passwd.nii", f"demo-shifted/{rows[2].split(',')[2]}"]
+    at = page("cohort")
+    at.file_uploader[0].set_value(("evil.csv", _manifest(app_env, paths), "text/csv")).run()
+    shown = texts(at)
+    assert "absolute paths are not allowed here" in shown
+    assert "the path leaves the data folder" in shown and "2 problem(s)" in shown
+    assert button(at, "Run evaluation").disabled
+
+
+def test_refused_cohort_run_leaves_no_folder(app_env: Path) -> None:
+    """The training cohort's own subjects: refused (how many, not which), nothing written."""
+    at = page("cohort")
+    box = next(s for s in at.selectbox if s.label.startswith("Manifest"))
+    train_manifest = app_env / "train-cohort" / "manifest.csv"
+    box.set_value(train_manifest).run()
+    before = sorted((app_env / "evaluations").glob("*")) if (app_env / "evaluations"
+                                                            ).is_dir() else []
+    button(at, "Run evaluation").click().run()
+    shown = texts(at)
+    assert "Refused:" in shown and "were in the model's training data" in shown
+    ids = {line.split(",")[0] for line in train_manifest.read_text().splitlines()[1:]}
+    assert not any(i in shown for i in ids)  # no membership oracle
+    after = sorted((app_env / "evaluations").glob("*")) if (app_env / "evaluations"
+                                                           ).is_dir() else []
+    assert after == before
 
 
 def test_ablations_page(app_env: Path) -> None:
