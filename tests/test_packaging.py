@@ -28,8 +28,19 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in [line.strip() for line in ci]
 
 
-def test_torch_is_installed_first_from_the_cpu_pin() -> None:
-    makefile = (ROOT / "Makefile").read_text()
-    install = makefile[makefile.index("$(VENV)/.installed:"):]
-    assert install.index('"$(TORCH)"') < install.index("-e .")
-    assert "TORCH ?= torch==2.13.0" in makefile
+def test_torch_is_the_cpu_pin_and_installed_first() -> None:
+    """What is installed is the pinned CPU build (a CUDA build or another version fails),
+    and the install recipe puts torch before anything that could pull another one."""
+    import subprocess
+
+    import torch
+
+    pin = re.search(r"^TORCH \?= torch==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert pin, "the Makefile no longer pins torch"
+    assert torch.__version__.split("+")[0] == pin.group(1)
+    assert torch.version.cuda is None, "a CUDA build of torch was installed"
+    dry = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), "install", "VENV=/nonexistent"],
+                         capture_output=True, text=True, check=True).stdout
+    installs = [line for line in dry.splitlines() if " -m pip install " in line
+                and "--upgrade pip" not in line]
+    assert f"torch=={pin.group(1)}" in installs[0], installs

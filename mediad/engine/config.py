@@ -42,6 +42,10 @@ class OptimConfig(BaseModel):
     min_epochs: int = Field(8, ge=1, description="No early stop before this epoch (image "
                             "features often start to learn only after a few epochs).")
     class_weighting: bool = True
+    modality_dropout: float = Field(
+        0.3, ge=0.0, lt=1.0, description="Chance that each input (MRI, summary, record "
+        "fields) is hidden from a training sample, so that MRI-only and record-only "
+        "predictions rest on what is there (at least one input is always kept).")
     seed: int = Field(0, ge=0)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "build_samples",
     "confounder_vector",
     "data_fingerprint",
+    "drop_modalities",
     "make_dataset",
     "make_summarizer",
 ]
@@ -102,3 +103,38 @@ def make_summarizer(config: TrainConfig, cache: Path) -> Summarizer:
     if summary.cache_dir is None:
         summary = summary.model_copy(update={"cache_dir": cache / "summaries"})
     return Summarizer(summary)
+
+
+def drop_modalities(batch: dict[str, torch.Tensor], p: float, generator: torch.Generator
+                    ) -> dict[str, torch.Tensor]:
+    """Hide each present input of each sample with chance ``p``, keeping at least one.
+
+    A model trained only on complete samples learns to lean on the easiest input (the
+    record, when it holds the scores) and gives one answer for every MRI on its own.
+    Hiding inputs at random during training makes partial-input predictions real ones.
+
+    Args:
+        batch: a collated batch (``has_image``, ``has_text``, ``tab_mask``).
+        p: chance of hiding each input.
+        generator: the owned RNG (seeded per run, so training stays reproducible).
+
+    Returns:
+        A new batch dictionary; the input tensors are not modified.
+    """
+    if p <= 0:
+        return batch
+    present = torch.stack([batch["has_image"].float(), batch["has_text"].float(),
+                           (batch["tab_mask"].sum(1) > 0).float()], 1).cpu()
+    drop = (torch.rand(present.shape, generator=generator) < p) & (present > 0)
+    keep = present * (~drop)
+    none_left = keep.sum(1) == 0
+    if none_left.any():  # restore one present input of such samples, chosen at random
+        scores = torch.rand(present.shape, generator=generator) * present
+        pick = scores.argmax(1)
+        keep[none_left, pick[none_left]] = present[none_left, pick[none_left]]
+    keep = keep.to(batch["has_image"].device)
+    out = dict(batch)
+    out["has_image"] = batch["has_image"] * keep[:, 0].to(batch["has_image"].dtype)
+    out["has_text"] = batch["has_text"] * keep[:, 1].to(batch["has_text"].dtype)
+    out["tab_mask"] = batch["tab_mask"] * keep[:, 2:3].to(batch["tab_mask"].dtype)
+    return out

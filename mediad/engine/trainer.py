@@ -41,6 +41,7 @@ from mediad.engine.samples import (
     batch_to,
     build_samples,
     data_fingerprint,
+    drop_modalities,
     make_dataset,
     make_summarizer,
 )
@@ -259,13 +260,15 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
     for epoch in range(state["epoch"] + 1, min(oc.epochs, stop) + 1):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
+        # seeded per epoch and rank, so a resumed run hides the same inputs
+        dropout_rng = torch.Generator().manual_seed(oc.seed * 100_003 + epoch * 101 + d.rank)
         _seed_augmentation(train_set, oc.seed + epoch)
         net.train()
         total, n, feats = 0.0, 0, []
         bar = tqdm(loader, desc=f"epoch {epoch}/{oc.epochs}", leave=False,
                    disable=None if (show_progress and d.main) else True)  # None: tty only
         for batch in bar:
-            b = batch_to(batch, device)
+            b = drop_modalities(batch_to(batch, device), oc.modality_dropout, dropout_rng)
             with _autocast(device):
                 output = net(b)
                 loss = model.loss(output, b["label"], weight)

@@ -131,7 +131,11 @@ class FrontDoorAdjustment(nn.Module):
     def weights(self, m: torch.Tensor) -> torch.Tensor:
         """``α`` of shape ``(B, K)``."""
         scores = self.q(m) @ self.k(self.prototypes).T / math.sqrt(m.shape[-1])
-        return torch.softmax(scores + torch.log(self.prior.clamp(min=1e-8)), dim=-1)
+        # log P(d_k), with -inf for a prototype without mass: however well it matches, it
+        # stands for no training sample and gets no weight
+        log_prior = torch.where(self.prior > 0, torch.log(self.prior.clamp(min=1e-30)),
+                                torch.full_like(self.prior, float("-inf")))
+        return torch.softmax(scores + log_prior, dim=-1)
 
     def forward(self, m: torch.Tensor) -> torch.Tensor:
         return self.weights(m) @ self.v(self.prototypes)

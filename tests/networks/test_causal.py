@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
 
 from mediad.data.records import ClinicalRecord
 from mediad.networks.causal import (
@@ -37,26 +37,65 @@ def test_front_door_with_uninformative_query_is_the_prior_expectation(
     torch.testing.assert_close(front_door(m), expected.expand(3, -1))
 
 
-def test_front_door_weights_follow_the_formula(front_door: FrontDoorAdjustment) -> None:
-    m = torch.randn(2, 8)
-    q, k = front_door.q(m), front_door.k(front_door.prototypes)
-    manual = front_door.prior * torch.exp(q @ k.T / math.sqrt(8))
-    manual = manual / manual.sum(1, keepdim=True)  # α_k ∝ P(d_k) exp(q·k/√D)
-    torch.testing.assert_close(front_door.weights(m), manual)
-    torch.testing.assert_close(front_door(m), manual @ front_door.v(front_door.prototypes))
+def _identity_front_door() -> FrontDoorAdjustment:
+    """D = 2, two prototypes e1 and e2 with prior (0.25, 0.75), identity projections."""
+    fd = FrontDoorAdjustment(d_model=2, n_prototypes=2)
+    for lin in (fd.q, fd.k, fd.v):
+        lin.weight.data.copy_(torch.eye(2))
+    fd.prototypes.copy_(torch.eye(2))
+    fd.prior.copy_(torch.tensor([0.25, 0.75]))
+    return fd
 
 
-def test_nwgm_approximates_the_expected_prediction(front_door: FrontDoorAdjustment) -> None:
-    """softmax(g(m, E[x'])) ≈ E_{x'}[softmax(g(m, x'))] when the classifier is near-linear."""
-    g = torch.nn.Linear(16, 3)
+def test_front_door_weights_on_hand_computed_numbers() -> None:
+    """m = (2, 0): scores (2/√2, 0); α ∝ (0.25·e^√2, 0.75) = (1.0283, 0.75) -> (0.5782, 0.4218).
+
+    Without the prior it would be (0.8044, 0.1956); without the √D scale (0.7112, 0.2888).
+    """
+    fd = _identity_front_door()
+    alpha = fd.weights(torch.tensor([[2.0, 0.0]]))
+    torch.testing.assert_close(alpha, torch.tensor([[0.5782, 0.4218]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fd(torch.tensor([[2.0, 0.0]])), torch.tensor([[0.5782, 0.4218]]),
+                               atol=1e-4, rtol=0)  # x̂ = Σ α_k W_v d_k with d_k = e_k
+
+
+def test_front_door_prototype_without_mass_gets_no_weight() -> None:
+    fd = _identity_front_door()
+    fd.prior.copy_(torch.tensor([1.0, 0.0]))
     with torch.no_grad():
-        g.weight.mul_(0.1)
-    m = torch.randn(5, 8)
-    alpha, values = front_door.weights(m), front_door.v(front_door.prototypes)
-    exact = sum(alpha[:, k:k + 1] * F.softmax(g(torch.cat([m, values[k].expand(5, -1)], 1)), -1)
-                for k in range(4))
-    nwgm = F.softmax(g(torch.cat([m, front_door(m)], 1)), -1)
-    assert (exact - nwgm).abs().max() < 0.01
+        alpha = fd.weights(torch.tensor([[0.0, 50.0]]))  # however well it matches e2
+    assert float(alpha[0, 1]) < 1e-6
+
+
+def test_nwgm_approximates_the_expectation_for_the_trained_head(tiny_run: Path,
+                                                                tiny_cohort: Path) -> None:
+    """The model's own classifier: softmax(g(m, E[x'])) vs E_{x'}[softmax(g(m, x'))]
+    (back-door sum included), on mediators of real subjects."""
+    from mediad.data.records import load_manifest
+    from mediad.engine.predictor import Predictor
+
+    pred = Predictor(tiny_run / "best.pt")
+    model = pred.model
+    assert model.front_door is not None and model.back_door is not None
+    rows = load_manifest(tiny_cohort / "manifest.csv").rows[:6]
+    captured: dict[str, torch.Tensor] = {}
+    hook = model.mediator.register_forward_hook(lambda _m, _i, out: captured.update(m=out))
+    pred.predict_many([(r.mri_path, r) for r in rows])
+    hook.remove()
+    m = captured["m"].clone()
+    fd = model.front_door
+
+    def head(h_in: torch.Tensor) -> torch.Tensor:  # P(Y|do(X)) for a given [m; x]
+        log_mix, _ = model.back_door(model.hidden(h_in), torch.zeros(len(m), dtype=torch.long))
+        return log_mix.exp()
+
+    with torch.no_grad():
+        alpha, values = fd.weights(m), fd.v(fd.prototypes)
+        exact = sum(alpha[:, k:k + 1] * head(torch.cat([m, values[k].expand(len(m), -1)], 1))
+                    for k in range(values.shape[0]))
+        nwgm = head(torch.cat([m, fd(m)], 1))
+    gap = float((exact - nwgm).abs().max())
+    assert gap < 0.05, f"NWGM is {gap:.3f} from the expectation it stands for"
 
 
 def test_refresh_is_kmeans_with_frequencies() -> None:
@@ -69,17 +108,23 @@ def test_refresh_is_kmeans_with_frequencies() -> None:
     assert bool(fd.ready)
 
 
-def test_back_door_is_the_stratified_average() -> None:
-    torch.manual_seed(0)
-    bd = BackDoorAdjustment(d_hidden=6, n_classes=3, n_strata=4)
-    torch.nn.init.normal_(bd.embed.weight)
-    bd.set_prior(torch.tensor([0, 0, 1, 2, 3, 3, 3]).numpy())
-    h, stratum = torch.randn(2, 6), torch.tensor([1, 3])
-    log_mix, observed = bd(h, stratum)
-    manual = sum(bd.prior[c] * F.softmax(bd.out(h + bd.embed.weight[c]), -1) for c in range(4))
-    torch.testing.assert_close(log_mix.exp(), manual)  # Σ_c P(Y|X,c) P(c)
-    torch.testing.assert_close(observed[1], bd.out(h[1] + bd.embed.weight[3]))
-    assert float(bd.prior.sum()) == pytest.approx(1.0)
+def test_back_door_on_hand_computed_numbers() -> None:
+    """Two strata: e_0 = 0, e_1 = (2, 0); W = I, b = 0; h = 0.
+
+    P(Y|X,c0) = (0.5, 0.5); P(Y|X,c1) = softmax(2, 0) = (0.8808, 0.1192). Training strata
+    [0, 0, 0, 1] give the prior (3.5, 1.5)/5 = (0.7, 0.3) (add-0.5 smoothing), so
+    Σ_c P(Y|X,c) P(c) = (0.6142, 0.3858).
+    """
+    bd = BackDoorAdjustment(d_hidden=2, n_classes=2, n_strata=2)
+    bd.embed.weight.data.copy_(torch.tensor([[0.0, 0.0], [2.0, 0.0]]))
+    bd.out.weight.data.copy_(torch.eye(2))
+    bd.out.bias.data.zero_()
+    bd.set_prior(np.array([0, 0, 0, 1]))
+    torch.testing.assert_close(bd.prior, torch.tensor([0.7, 0.3]))
+    log_mix, observed = bd(torch.zeros(2, 2), torch.tensor([0, 1]))
+    torch.testing.assert_close(log_mix.exp(), torch.tensor([[0.6142, 0.3858]] * 2), atol=1e-4,
+                               rtol=0)
+    torch.testing.assert_close(observed, torch.tensor([[0.0, 0.0], [2.0, 0.0]]))
 
 
 def test_empty_key_sets_give_zeros_not_nan() -> None:

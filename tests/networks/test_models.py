@@ -51,14 +51,33 @@ def test_task_cn_ad_has_two_classes() -> None:
     assert model(batch()).log_probs.shape == (4, 2)
 
 
-def test_intervention_switch_differs_from_prediction_only_for_mediad() -> None:
+def test_back_door_prediction_does_not_use_the_observed_stratum() -> None:
+    """P(Y|do(X)) sums over strata, so the stratum a sample was observed in cannot move it,
+    while P(Y|X, c) (what the adjustment is built from) must depend on c."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="mediad", **SMALL), SHAPE).eval()
+    assert model.back_door is not None
+    torch.nn.init.normal_(model.back_door.embed.weight, std=1.0)  # strata that matter
     b = batch()
-    mediad = build_model(ModelConfig(kind="mediad", **SMALL), SHAPE).eval()
-    out = mediad(b)
-    assert not torch.allclose(out.log_probs, out.log_probs_off)
+    out = model(b)
+    moved = model(dict(b, stratum=(b["stratum"] + 5) % 12))
+    torch.testing.assert_close(moved.log_probs, out.log_probs)
+    assert not torch.allclose(moved.losses["conditional"], out.losses["conditional"])
+
+
+def test_front_door_dictionary_moves_only_the_adjusted_prediction() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="mediad", **SMALL), SHAPE).eval()
+    assert model.front_door is not None
+    b = batch()
+    before = model(b)
+    model.front_door.prototypes.copy_(torch.randn_like(model.front_door.prototypes) * 3)
+    after = model(b)
+    assert (after.log_probs - before.log_probs).abs().max() > 1e-3
+    torch.testing.assert_close(after.log_probs_off, before.log_probs_off)  # mediator path
     concat = build_model(ModelConfig(kind="concat", **SMALL), SHAPE).eval()
     out = concat(b)
-    torch.testing.assert_close(out.log_probs, out.log_probs_off)
+    torch.testing.assert_close(out.log_probs, out.log_probs_off)  # nothing to switch off
 
 
 def test_a_few_steps_reduce_the_loss_and_a_tiny_set_is_overfitted() -> None:
@@ -126,3 +145,63 @@ def test_every_image_backbone_gives_tokens(name: str, size: int) -> None:
     with torch.no_grad():
         tokens = encoder.eval()(torch.rand(1, 1, size, size, size))
     assert tokens.ndim == 3 and tokens.shape[0] == 1 and tokens.shape[2] == 16
+
+
+def _two_way_task(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """The label is in the image (a bright block, left, right or none) and in the text."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    img = torch.rand(n, 1, *SHAPE, generator=g) * 0.3
+    for i, c in enumerate(y.tolist()):
+        if c < 2:
+            x0 = 4 if c == 0 else 20
+            img[i, 0, x0:x0 + 8, 10:22, 10:22] += 1.0
+    text = torch.randn(n, 5, 384, generator=g) * 0.1
+    text[torch.arange(n), 0, y] += 3.0
+    return {"image": img, "has_image": torch.ones(n), "text": text, "has_text": torch.ones(n),
+            "tab_values": torch.zeros(n, 12), "tab_mask": torch.zeros(n, 12),
+            "stratum": torch.zeros(n, dtype=torch.long), "confounders": torch.zeros(n, 3),
+            "label": y}
+
+
+@pytest.mark.slow
+def test_mri_only_predictions_follow_the_mri() -> None:
+    """Trained as the trainer trains (with modality dropout), an MRI-only prediction must
+    depend on the MRI: new images of each class get their class, and the answers differ."""
+    from mediad.engine.samples import drop_modalities
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="mediad", dropout=0.0, **SMALL), SHAPE)
+    b, rng = _two_way_task(18, 0), torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        model.train()
+        step = drop_modalities(b, 0.3, rng)
+        loss = model.loss(model(step), step["label"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    new = _two_way_task(30, 1)
+    with torch.no_grad():
+        mri_only = model(dict(new, has_text=torch.zeros(30))).log_probs.exp()
+    assert (mri_only.argmax(1) == new["label"]).float().mean() >= 0.8
+    assert float(mri_only.std(0).max()) > 0.2  # not one answer for every brain
+
+
+def test_modality_dropout_hides_inputs_but_keeps_one() -> None:
+    from mediad.engine.samples import drop_modalities
+
+    n = 2000
+    b = {"has_image": torch.ones(n), "has_text": torch.ones(n),
+         "tab_mask": torch.ones(n, 12)}
+    b["has_image"][:500] = 0  # absent inputs stay absent
+    out = drop_modalities(b, 0.3, torch.Generator().manual_seed(0))
+    kept = torch.stack([out["has_image"], out["has_text"], out["tab_mask"].amax(1)], 1)
+    assert (kept.sum(1) >= 1).all() and (out["has_image"][:500] == 0).all()
+    rates = 1 - kept[500:].mean(0)
+    assert ((rates > 0.2) & (rates < 0.4)).all(), rates  # about p, per input
+    # a record's fields are hidden together
+    assert (out["tab_mask"].amax(1) == out["tab_mask"].amin(1)).all()
+    assert bool(b["has_text"].all())  # the caller's batch is not modified
+    assert drop_modalities(b, 0.0, torch.Generator()) is b
