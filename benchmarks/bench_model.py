@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from mediad.data.imaging import load_volume
 from mediad.data.records import load_manifest
 from mediad.engine.predictor import Predictor
-from mediad.engine.samples import _batch_to, build_samples, make_dataset
+from mediad.engine.samples import batch_to, build_samples, make_dataset
 from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
 from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import ModelConfig, build_model
@@ -51,6 +51,16 @@ def main() -> None:
     print(f"{'image load + bare encoder forward (s)':<44} {t_floor:8.4f}")
     print(f"{'ratio (goal <= 1.3)':<44} {t_predict / t_floor:8.3f}")
 
+    # saliency for one subject, as the app computes it (occlusion at its default)
+    from mediad.engine.explain import OCCLUSION_MASK, saliency
+
+    for method in ("gradcam", "occlusion"):
+        t = time.perf_counter()
+        saliency(predictor, row.mri_path, row, method)
+        label = f"saliency {method}" + (f" (cube {OCCLUSION_MASK})" if method == "occlusion"
+                                        else "") + " (s)"
+        print(f"{label:<44} {time.perf_counter() - t:8.2f}")
+
     # training steps/s: the real loader (MONAI CacheDataset) vs tensors already in memory
     config = predictor.config
     subset = rows[:96]
@@ -66,7 +76,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step(batch: dict) -> None:
-        b = _batch_to(batch, torch.device("cpu"))
+        b = batch_to(batch, torch.device("cpu"))
         out = model(b)
         loss = model.loss(out, b["label"])
         opt.zero_grad()

@@ -15,7 +15,25 @@ def test_environment_yml_pip_section_equals_pyproject() -> None:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert pip == deps
+    assert [d for d in pip if not d.startswith("-")] == deps
+    assert "-c constraints.txt" in pip
+
+
+def test_constraints_pin_every_dependency_within_its_range() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    for dep in map(Requirement, wanted):
+        version = pins.get(canonicalize_name(dep.name))
+        assert version is not None, f"{dep.name} is not pinned in constraints.txt"
+        assert dep.specifier.contains(version), f"{dep.name}=={version} is outside {dep}"
 
 
 def test_ci_runs_the_readme_test_command() -> None:

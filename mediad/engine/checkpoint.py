@@ -65,13 +65,14 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]
     except Exception as exc:  # torch raises many types for foreign files
         raise MediADError(f"{p}: not a MediAD checkpoint ({str(exc).splitlines()[0][:120]})"
                           ) from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise MediADError(f"{p}: not a MediAD checkpoint (format "
-                          f"{ck.get('format') if isinstance(ck, dict) else type(ck).__name__})")
-    if ck.get("architecture") != ARCHITECTURE:
-        raise MediADError(f"{p}: made by an older MediAD (model architecture "
-                          f"{ck.get('architecture', 1)}; this version builds {ARCHITECTURE}); "
-                          "retrain it with `mediad train`")
+    fmt = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+    if not str(fmt).startswith("mediad-checkpoint/"):
+        raise MediADError(f"{p}: not a MediAD checkpoint (format {fmt})")
+    if fmt != CHECKPOINT_FORMAT or ck.get("architecture") != ARCHITECTURE:
+        raise MediADError(f"{p}: made by an older MediAD (checkpoint {fmt}, model "
+                          f"architecture {ck.get('architecture', 1)}; this version reads "
+                          f"{CHECKPOINT_FORMAT}, architecture {ARCHITECTURE}); retrain it "
+                          "with `mediad train`")
     have = ck["config"]["model"]["task"]
     if task is not None and have != task:
         raise MediADError(f"{p}: checkpoint is for task {have!r}, not {task!r}")

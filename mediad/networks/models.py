@@ -1,8 +1,9 @@
 """MediAD and its baselines, built from one config by one factory.
 
-Every neural variant is a :class:`MultimodalNet` with switches (which inputs, how they are
-fused, whether the causal head or a deconfounding baseline is on); the ``tabular`` baseline
-is scikit-learn gradient boosting. Presets:
+Every neural variant is a subclass of :class:`MultimodalNet` (shared encoders and
+objective), each readable on its own: :class:`LateFusionNet` (with :class:`MetadataNormNet`
+and :class:`AdversarialNet`), :class:`CrossAttentionNet` and :class:`MediADNet`. The
+``tabular`` baseline is scikit-learn gradient boosting. Kinds:
 
 ========================  ===================================================================
 ``mediad``                cross-modal fusion + mediator + front-door + back-door adjustment
@@ -45,6 +46,12 @@ __all__ = [
     "ARCHITECTURE",
     "KINDS",
     "TASKS",
+    "VARIANTS",
+    "AdversarialNet",
+    "CrossAttentionNet",
+    "LateFusionNet",
+    "MediADNet",
+    "MetadataNormNet",
     "ModelConfig",
     "ModelOutput",
     "MultimodalNet",
@@ -58,7 +65,7 @@ KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 TASKS: dict[str, tuple[str, ...]] = {"cn_mci_ad": ("CN", "MCI", "AD"), "cn_ad": ("CN", "AD")}
 TEXT_DIM = 384
 #: Bumped whenever a change makes older checkpoints unloadable; checkpoints record it.
-ARCHITECTURE = 7
+ARCHITECTURE = 8
 N_CONFOUNDERS = 3  # age (z), sex, vascular risk: what metadata_norm / cf_adversarial see
 
 
@@ -103,7 +110,7 @@ class ModelOutput:
 
     log_probs: torch.Tensor
     log_probs_off: torch.Tensor
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)  # what the losses need
     fused: torch.Tensor | None = None  # features for the front-door dictionary
 
 
@@ -142,18 +149,17 @@ class MetadataNorm(nn.Module):
 
 
 class MultimodalNet(nn.Module):
-    """Image / text / tabular tokens -> (fusion) -> (causal head or baseline) -> classes."""
+    """What every neural variant shares: the encoders, which turn a batch into image tokens
+    and record tokens (summary sections and, optionally, one token per record field), and
+    the training objective. Subclasses fuse the tokens and classify, one variant each."""
 
     def __init__(self, config: ModelConfig,
                  image_size: tuple[int, int, int] = (64, 64, 64)) -> None:
         super().__init__()
         self.config = config
-        c, d = config, config.d_model
+        d = config.d_model
         self.use_image, self.use_text = config.inputs
-        self.causal = c.kind == "mediad"
-        self.fusion_kind = "xattn" if c.kind in ("mediad", "xattn") else "concat"
-        n_classes = len(c.classes)
-        self.image = ImageEncoder(c.image, d, image_size) if self.use_image else None
+        self.image = ImageEncoder(config.image, d, image_size) if self.use_image else None
         if self.image is not None:
             # Images are in one atlas-like space, so *where* a feature is matters (the
             # hippocampus is always in the same place): learned token positions for the
@@ -163,150 +169,272 @@ class MultimodalNet(nn.Module):
                     n_tokens = self.image(torch.zeros(1, 1, *image_size)).shape[1]
             except (ValueError, RuntimeError):
                 raise ValueError(f"image shape {tuple(image_size)} is too small for the "
-                                 f"{c.image.name} encoder, which halves the grid four or more "
-                                 "times; use at least 32 voxels per axis") from None
+                                 f"{config.image.name} encoder, which halves the grid four or "
+                                 "more times; use at least 32 voxels per axis") from None
             self.image_pos = nn.Parameter(torch.zeros(1, n_tokens, d))
-            self.image_pool = nn.Sequential(nn.Flatten(), nn.Dropout(c.dropout),
+            self.image_pool = nn.Sequential(nn.Flatten(), nn.Dropout(config.dropout),
                                             nn.Linear(n_tokens * d, d), nn.LayerNorm(d))
         self.text = nn.Sequential(nn.Linear(TEXT_DIM, d), nn.LayerNorm(d)) if (
             self.use_text) else None
-        self.tabular = TabularEncoder(len(c.tabular_fields), d) if c.use_tabular else None
+        self.tabular = TabularEncoder(len(config.tabular_fields), d) if (
+            config.use_tabular) else None
         self.modality = nn.Parameter(torch.zeros(3, d))
-        n_streams = int(self.use_image) + int(self.use_text or c.use_tabular)
-        if self.fusion_kind == "xattn":
-            self.fusion = CrossModalFusion(d, c.heads, c.dropout)
-            width = d
-        else:
-            width = d * max(1, n_streams)
-        self.mediator = Mediator(d, c.heads) if self.causal else None
-        self.front_door = FrontDoorAdjustment(d, c.n_prototypes) if (
-            self.causal and c.front_door) else None
-        head_in = 2 * d if self.front_door is not None else width
-        self.hidden = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(head_in, d), nn.GELU())
-        if self.causal and c.back_door:
-            self.back_door: BackDoorAdjustment | None = BackDoorAdjustment(d, n_classes)
-            self.out = None
-        else:
-            self.back_door = None
-            self.out = nn.Linear(d, n_classes)
-        if self.causal:  # mediator path P(Y|X) and per-modality heads for consistency
-            self.head_obs = nn.Linear(d, n_classes)
-            self.head_image = nn.Linear(d, n_classes)
-            self.head_text = nn.Linear(d, n_classes)
-        self.mdn = MetadataNorm(width, N_CONFOUNDERS) if c.kind == "metadata_norm" else None
-        self.adversary = nn.Sequential(nn.Linear(width, d), nn.ReLU(), nn.Linear(d, 1)) if (
-            c.kind == "cf_adversarial") else None
+        self.front_door: FrontDoorAdjustment | None = None  # only MediAD has a dictionary
 
-    # -- tokens -----------------------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return len(self.config.classes)
 
-    def _tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,
-                                                              torch.Tensor, torch.Tensor]:
-        ref = batch["stratum"]
-        b, d = ref.shape[0], self.config.d_model
-        device = ref.device
-        if self.image is not None:
-            v = self.image(batch["image"]) + self.image_pos + self.modality[0]
-            if self.fusion_kind == "xattn":  # plus one position-aware whole-image token
-                v = torch.cat([self.image_pool(v).unsqueeze(1), v], 1)
-            v_mask = batch["has_image"].float().unsqueeze(1).expand(-1, v.shape[1])
-        else:
-            v = torch.zeros(b, 1, d, device=device)
-            v_mask = torch.zeros(b, 1, device=device)
+    def image_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens (B, N, D), mask (B, N))``; one masked zero token without an image path."""
+        b, d = batch["stratum"].shape[0], self.config.d_model
+        if self.image is None:
+            device = batch["stratum"].device
+            return torch.zeros(b, 1, d, device=device), torch.zeros(b, 1, device=device)
+        v = self.image(batch["image"]) + self.image_pos + self.modality[0]
+        return v, batch["has_image"].float().unsqueeze(1).expand(-1, v.shape[1])
+
+    def record_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
+                                                                     torch.Tensor]:
+        """Summary-section tokens then record-field tokens, with their mask."""
+        b, d = batch["stratum"].shape[0], self.config.d_model
+        device = batch["stratum"].device
         parts, masks = [], []
         if self.text is not None:
             parts.append(self.text(batch["text"]) + self.modality[1])
-            masks.append(batch["has_text"].float().unsqueeze(1).expand(-1, batch["text"].shape[1]))
+            masks.append(batch["has_text"].float().unsqueeze(1).expand(
+                -1, batch["text"].shape[1]))
         if self.tabular is not None:
-            parts.append(self.tabular(batch["tab_values"], batch["tab_mask"]) + self.modality[2])
-            masks.append(torch.ones_like(batch["tab_mask"]))
-        if parts:
-            t, t_mask = torch.cat(parts, 1), torch.cat(masks, 1)
-        else:
-            t, t_mask = torch.zeros(b, 1, d, device=device), torch.zeros(b, 1, device=device)
-        return v, v_mask, t, t_mask
-
-    # -- forward ----------------------------------------------------------------------------
+            parts.append(self.tabular(batch["tab_values"], batch["tab_mask"])
+                         + self.modality[2])
+            # the encoder keeps "not recorded" tokens (their mask embedding means
+            # something); a record hidden as a whole is masked out entirely
+            present = (batch["tab_mask"].sum(1, keepdim=True) > 0).float()
+            masks.append(present.expand(-1, batch["tab_mask"].shape[1]))
+        if not parts:
+            return torch.zeros(b, 1, d, device=device), torch.zeros(b, 1, device=device)
+        return torch.cat(parts, 1), torch.cat(masks, 1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
-        v, v_mask, t, t_mask = self._tokens(batch)
-        if self.fusion_kind == "xattn":
-            z, z_mask = self.fusion(v, v_mask, t, t_mask)
-            pooled = masked_mean(z, z_mask)
-        else:
-            streams = []
-            if self.use_image:
-                streams.append(self.image_pool(v) * v_mask[:, :1])
-            if self.use_text or self.tabular is not None:
-                streams.append(masked_mean(t, t_mask))
-            pooled = torch.cat(streams, 1) if streams else torch.zeros_like(v[:, 0])
-        losses: dict[str, torch.Tensor] = {}
-        if not self.causal:
-            f = pooled
-            if self.mdn is not None:
-                f = self.mdn(f, batch["confounders"])
-            if self.adversary is not None and self.training:
-                rev = _GradReverse.apply(f, self.config.adversarial_weight)
-                age_hat = self.adversary(rev)[:, 0]
-                losses["adversarial"] = F.mse_loss(age_hat, batch["confounders"][:, 0])
-            log_probs = F.log_softmax(self.out(self.hidden(f)), -1)  # type: ignore[misc]
-            return ModelOutput(log_probs, log_probs, losses, pooled.detach())
+        raise NotImplementedError
 
-        assert self.mediator is not None
-        # start the mediator from the whole-image token and the mean record token: the
-        # local tokens refine it through attention instead of diluting it
-        n_v = v.shape[1]
-        summary = torch.cat([z[:, :1], masked_mean(z[:, n_v:], z_mask[:, n_v:]).unsqueeze(1)],
-                            1)
-        summary_mask = torch.stack([z_mask[:, 0], (z_mask[:, n_v:].sum(1) > 0).float()], 1)
-        if self.image is None:
-            summary_mask[:, 0] = 0
-        m = self.mediator(z, z_mask, masked_mean(summary, summary_mask))
-        h_in = torch.cat([m, self.front_door(m)], 1) if self.front_door is not None else m
-        h = self.hidden(h_in)
-        if self.back_door is not None:
-            log_probs, cond_logits = self.back_door(h, batch["stratum"])
-            losses["conditional"] = cond_logits  # scored against the label by the trainer
-        else:
-            log_probs = F.log_softmax(self.out(h), -1)  # type: ignore[misc]
-        log_obs = F.log_softmax(self.head_obs(m), -1)
-        losses["observational"] = log_obs
-        target = log_probs.detach().exp()
-        cons = F.kl_div(log_obs, target, reduction="batchmean")
-        d = self.config.d_model
-        for head, toks, mask in ((self.head_image, z[:, : v.shape[1]], z_mask[:, : v.shape[1]]),
-                                 (self.head_text, z[:, v.shape[1]:], z_mask[:, v.shape[1]:])):
-            present = mask.sum(1) > 0
-            if present.any():
-                lp = F.log_softmax(head(masked_mean(toks, mask)[present][:, :d]), -1)
-                cons = cons + 0.5 * F.kl_div(lp, target[present], reduction="batchmean")
-        losses["consistency"] = cons
-        return ModelOutput(log_probs, log_obs, losses, pooled.detach())
+    def losses(self, out: ModelOutput, y: torch.Tensor,
+               class_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The training objective's terms (weighted, ready to sum)."""
+        return {"prediction": F.nll_loss(out.log_probs, y, weight=class_weight)}
 
     def loss(self, out: ModelOutput, y: torch.Tensor, class_weight: torch.Tensor | None = None
              ) -> torch.Tensor:
-        """Cross-entropy on the prediction plus the variant's own terms."""
-        total = F.nll_loss(out.log_probs, y, weight=class_weight)
-        extra = out.losses
-        if "conditional" in extra:  # fit P(Y | X, c) on the observed stratum
-            total = total + F.cross_entropy(extra["conditional"], y, weight=class_weight)
-        if "observational" in extra:
-            total = total + self.config.consistency_weight * (
-                F.nll_loss(extra["observational"], y, weight=class_weight)
-                + extra["consistency"])
-        if "adversarial" in extra:
-            total = total + extra["adversarial"]
-        return total
+        """The training objective: the sum of :meth:`losses`."""
+        return torch.stack(list(self.losses(out, y, class_weight).values())).sum()
+
+    def set_training_priors(self, strata: np.ndarray) -> None:
+        """Statistics of the training set a variant needs (the back-door prior)."""
+
+
+class LateFusionNet(MultimodalNet):
+    """``image_only``, ``text_only`` and ``concat``: pooled image ‖ pooled record tokens ->
+    classifier. Subclasses may adjust the pooled features first."""
+
+    def __init__(self, config: ModelConfig,
+                 image_size: tuple[int, int, int] = (64, 64, 64)) -> None:
+        super().__init__(config, image_size)
+        d = config.d_model
+        self.width = d * max(1, int(self.use_image) + int(self.use_text or config.use_tabular))
+        self.hidden = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.width, d),
+                                    nn.GELU())
+        self.out = nn.Linear(d, self.n_classes)
+
+    def pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        streams = []
+        if self.use_image:
+            v, v_mask = self.image_tokens(batch)
+            streams.append(self.image_pool(v) * v_mask[:, :1])
+        if self.use_text or self.tabular is not None:
+            streams.append(masked_mean(*self.record_tokens(batch)))
+        return torch.cat(streams, 1)
+
+    def adjust(self, features: torch.Tensor, batch: dict[str, torch.Tensor],
+               aux: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Deconfounding baselines change the features here; plain late fusion does not."""
+        return features
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        pooled = self.pooled(batch)
+        aux: dict[str, torch.Tensor] = {}
+        f = self.adjust(pooled, batch, aux)
+        log_probs = F.log_softmax(self.out(self.hidden(f)), -1)
+        return ModelOutput(log_probs, log_probs, aux, pooled.detach())
+
+
+class MetadataNormNet(LateFusionNet):
+    """``metadata_norm``: concat with the confounders regressed out of the features."""
+
+    def __init__(self, config: ModelConfig,
+                 image_size: tuple[int, int, int] = (64, 64, 64)) -> None:
+        super().__init__(config, image_size)
+        self.mdn = MetadataNorm(self.width, N_CONFOUNDERS)
+
+    def adjust(self, features: torch.Tensor, batch: dict[str, torch.Tensor],
+               aux: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.mdn(features, batch["confounders"])
+
+
+class AdversarialNet(LateFusionNet):
+    """``cf_adversarial``: concat whose features are trained to hide age from an adversary
+    (gradient reversal)."""
+
+    def __init__(self, config: ModelConfig,
+                 image_size: tuple[int, int, int] = (64, 64, 64)) -> None:
+        super().__init__(config, image_size)
+        d = config.d_model
+        self.adversary = nn.Sequential(nn.Linear(self.width, d), nn.ReLU(), nn.Linear(d, 1))
+
+    def adjust(self, features: torch.Tensor, batch: dict[str, torch.Tensor],
+               aux: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.training:
+            reversed_ = _GradReverse.apply(features, self.config.adversarial_weight)
+            aux["age_hat"] = self.adversary(reversed_)[:, 0]
+            aux["age"] = batch["confounders"][:, 0]
+        return features
+
+    def losses(self, out: ModelOutput, y: torch.Tensor,
+               class_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        terms = super().losses(out, y, class_weight)
+        if "age_hat" in out.aux:
+            terms["adversarial"] = F.mse_loss(out.aux["age_hat"], out.aux["age"])
+        return terms
+
+
+class CrossAttentionNet(MultimodalNet):
+    """``xattn``: image tokens (plus one whole-image token) ⇄ record tokens by
+    bidirectional cross-attention, pooled -> classifier; no intervention."""
+
+    def __init__(self, config: ModelConfig,
+                 image_size: tuple[int, int, int] = (64, 64, 64)) -> None:
+        super().__init__(config, image_size)
+        d = config.d_model
+        self.fusion = CrossModalFusion(d, config.heads, config.dropout)
+        self.hidden = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.head_width, d),
+                                    nn.GELU())
+        self.out = nn.Linear(d, self.n_classes)
+
+    @property
+    def head_width(self) -> int:
+        return self.config.d_model
+
+    def fused(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(fused tokens, their mask, number of image tokens)``."""
+        v, v_mask = self.image_tokens(batch)
+        if self.image is not None:  # plus one position-aware whole-image token
+            v = torch.cat([self.image_pool(v).unsqueeze(1), v], 1)
+            v_mask = torch.cat([v_mask[:, :1], v_mask], 1)
+        t, t_mask = self.record_tokens(batch)
+        z, z_mask = self.fusion(v, v_mask, t, t_mask)
+        return z, z_mask, v.shape[1]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        z, z_mask, _ = self.fused(batch)
+        pooled = masked_mean(z, z_mask)
+        log_probs = F.log_softmax(self.out(self.hidden(pooled)), -1)
+        return ModelOutput(log_probs, log_probs, {}, pooled.detach())
+
+
+class MediADNet(CrossAttentionNet):
+    """``mediad``: the cross-modal fusion, then the causal head.
+
+    mediator ``m`` (in-sample attention) -> front door: ``x̂`` = cross-sample attention to
+    the prototype dictionary -> hidden ``h`` of ``[m ; x̂]`` -> back door: ``Σ_c P(Y|h, c)
+    P(c)``. The mediator path ``P(Y|m)`` and per-modality heads are trained for consistency;
+    ``log_probs_off`` is the mediator path.
+    """
+
+    def __init__(self, config: ModelConfig,
+                 image_size: tuple[int, int, int] = (64, 64, 64)) -> None:
+        super().__init__(config, image_size)
+        d = config.d_model
+        self.mediator = Mediator(d, config.heads)
+        self.front_door = FrontDoorAdjustment(d, config.n_prototypes) if (
+            config.front_door) else None
+        if config.back_door:
+            self.back_door: BackDoorAdjustment | None = BackDoorAdjustment(d, self.n_classes)
+            self.out = None  # type: ignore[assignment]
+        else:
+            self.back_door = None
+        self.head_obs = nn.Linear(d, self.n_classes)
+        self.head_image = nn.Linear(d, self.n_classes)
+        self.head_text = nn.Linear(d, self.n_classes)
+
+    @property
+    def head_width(self) -> int:
+        return 2 * self.config.d_model if self.config.front_door else self.config.d_model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        z, z_mask, n_v = self.fused(batch)
+        pooled = masked_mean(z, z_mask)
+        # start the mediator from the whole-image token and the mean record token: the
+        # local tokens refine it through attention instead of diluting it
+        start = torch.cat([z[:, :1], masked_mean(z[:, n_v:], z_mask[:, n_v:]).unsqueeze(1)],
+                          1)
+        start_mask = torch.stack([z_mask[:, 0], (z_mask[:, n_v:].sum(1) > 0).float()], 1)
+        if self.image is None:
+            start_mask[:, 0] = 0
+        m = self.mediator(z, z_mask, masked_mean(start, start_mask))
+        h = self.hidden(torch.cat([m, self.front_door(m)], 1) if self.front_door is not None
+                        else m)
+        aux: dict[str, torch.Tensor] = {}
+        if self.back_door is not None:
+            log_probs, aux["conditional_logits"] = self.back_door(h, batch["stratum"])
+        else:
+            log_probs = F.log_softmax(self.out(h), -1)  # type: ignore[misc]
+        log_obs = F.log_softmax(self.head_obs(m), -1)
+        target = log_probs.detach().exp()
+        consistency = F.kl_div(log_obs, target, reduction="batchmean")
+        d = self.config.d_model
+        for head, toks, mask in ((self.head_image, z[:, :n_v], z_mask[:, :n_v]),
+                                 (self.head_text, z[:, n_v:], z_mask[:, n_v:])):
+            present = mask.sum(1) > 0
+            if present.any():
+                lp = F.log_softmax(head(masked_mean(toks, mask)[present][:, :d]), -1)
+                consistency = consistency + 0.5 * F.kl_div(lp, target[present],
+                                                           reduction="batchmean")
+        aux["consistency"] = consistency
+        return ModelOutput(log_probs, log_obs, aux, pooled.detach())
+
+    def losses(self, out: ModelOutput, y: torch.Tensor,
+               class_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        terms = super().losses(out, y, class_weight)
+        if "conditional_logits" in out.aux:  # fit P(Y | X, c) on the observed stratum
+            terms["conditional"] = F.cross_entropy(out.aux["conditional_logits"], y,
+                                                   weight=class_weight)
+        w = self.config.consistency_weight
+        terms["mediator"] = w * F.nll_loss(out.log_probs_off, y, weight=class_weight)
+        terms["consistency"] = w * out.aux["consistency"]
+        return terms
 
     def set_training_priors(self, strata: np.ndarray) -> None:
         if self.back_door is not None:
             self.back_door.set_prior(strata)
 
 
+#: The factory's table: one class per neural variant.
+VARIANTS: dict[str, type[MultimodalNet]] = {
+    "mediad": MediADNet, "xattn": CrossAttentionNet, "concat": LateFusionNet,
+    "image_only": LateFusionNet, "text_only": LateFusionNet,
+    "metadata_norm": MetadataNormNet, "cf_adversarial": AdversarialNet,
+}
+
+
 class TabularBaseline:
     """Gradient boosting on the record's numeric fields; missing values stay NaN.
 
-    Checkpoints keep the (small) training matrix and refit on load: deterministic, and no
-    pickled estimator is ever loaded.
+    What its checkpoint holds, and why: the training matrix of numeric record fields (age,
+    education, APOE4, scores, vascular and CSF values; no ids, no free text, no site, rows
+    in shuffled order) and the labels, refitted deterministically on load. Loading a fitted
+    scikit-learn estimator means unpickling code, which MediAD never does. The matrix is
+    the training data itself, so whoever holds this baseline's checkpoint can tell whether
+    a known record was in it: share it only as you would share the training records. It is
+    an ablation baseline; the MediAD checkpoints hold weights and salted subject hashes.
     """
 
     def __init__(self, config: ModelConfig, seed: int = 0) -> None:
@@ -331,7 +459,8 @@ class TabularBaseline:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         assert self.x is not None and self.y is not None
-        return {"x": torch.from_numpy(self.x), "y": torch.from_numpy(self.y)}
+        order = np.random.default_rng(0).permutation(len(self.y))  # no manifest order
+        return {"x": torch.from_numpy(self.x[order]), "y": torch.from_numpy(self.y[order])}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.fit(state["x"].numpy(), state["y"].numpy())
@@ -346,6 +475,6 @@ def build_model(config: ModelConfig, image_size: tuple[int, int, int] = (64, 64,
     if not (use_image or use_text or config.use_tabular):
         raise ValueError(f"model {config.kind!r} has no input: enable use_image, use_text or "
                          "use_tabular")
-    return MultimodalNet(config, image_size)
+    return VARIANTS[config.kind](config, image_size)
 
 

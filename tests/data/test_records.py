@@ -81,7 +81,8 @@ def test_mediad_json_record_single_object(tmp_path: Path) -> None:
         ("", "the file is empty"),
         ("RID,PTID,VISCODE\n", "header but no data rows"),
         ("RID,PTID,MMSE,MMSE\n1,a,1,2\n", "appear more than once: 'MMSE'"),
-        ("foo,bar\n1,2\n", "cannot tell which vocabulary"),
+        ("foo,bar\n1,2\n3,4\n", "cannot tell which vocabulary"),
+        ("foo,bar\n1,2\n", "none of the columns is a known record field"),
         ("RID,PTID\n1,a,extra\n", "row has 3 cells but the header has 2"),
     ],
 )

@@ -172,5 +172,6 @@ def test_two_rank_sharded_evaluation_equals_single(tiny_run: Path, held_out_coho
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())["metrics"]
     assert m1.keys() == m2.keys()
     for key in m1:
-        assert m1[key] == pytest.approx(m2[key], nan_ok=True), key
+        # probabilities agree to 1e-5 (batching changes float summation order), so do metrics
+        assert m1[key] == pytest.approx(m2[key], nan_ok=True, abs=1e-5), key
     assert not list((tmp_path / "two").glob("*.partial"))
