@@ -1,7 +1,7 @@
 """The synthetic confounded cohort: a structural causal model drawn on a real brain template.
 
 Real ADNI/NACC data cannot ship, so tests, demos and ablations use subjects drawn from the
-SCM of DESIGN.md on the MNI152 2009 template that nilearn ships (no download):
+SCM of docs/design.md on the MNI152 2009 template that nilearn ships (no download):
 
 * site S is recruited through **selection bias**: P(S | D) ∝ exp(confounding · γ[S, D])
   (a memory clinic recruits mostly AD, a community site mostly CN);
@@ -433,7 +433,7 @@ def _card(cfg: SimulationConfig, stats: dict[str, Any], seconds: float) -> str:
 **Synthetic data for research and software testing only. Not patient data; not for
 clinical use.**
 
-Drawn by `mediad simulate` (MediAD's structural causal model, see DESIGN.md) on the MNI152
+Drawn by `mediad simulate` (MediAD's structural causal model, see docs/design.md) on the MNI152
 2009c symmetric template shipped by nilearn. {stats['n_subjects']} subjects, one baseline
 visit each; built in {seconds:.1f} s.
 

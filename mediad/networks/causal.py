@@ -1,6 +1,6 @@
 """Cross-modal causal fusion with a mediator: front-door and back-door adjustment.
 
-Our reading of MediAD (DESIGN.md, "The model"). With X the multimodal input, M the mediator
+Our reading of MediAD (docs/design.md, "The model"). With X the multimodal input, M the mediator
 (what of X the label actually depends on), C observed confounders (age, sex, vascular risk)
 and U unobserved ones (site/scanner):
 
