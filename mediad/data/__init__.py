@@ -1,19 +1,16 @@
 """Data in: clinical records, MRI ingest and NIfTI safety, splits, the synthetic cohort, validation.
-
-Public names load on first use (PEP 562), so ``import mediad.data`` stays cheap
-for the command line.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from mediad._lazy import lazy_exports
 
 _HOMES = {
+    "CheckNiftiFile": "nifti",
+    "CheckNiftiFiled": "nifti",
     "CheckVolume": "imaging",
     "CheckVolumed": "imaging",
     "ClinicalRecord": "records",
     "ColumnMap": "records",
+    "DEFAULT_MAX_VOXELS": "nifti",
     "DIAGNOSES": "records",
     "Diagnosis": "records",
     "HIPPOCAMPUS_CENTERS_MM": "simulate",
@@ -21,8 +18,9 @@ _HOMES = {
     "LABEL_DEFINING_FIELDS": "records",
     "ManifestRow": "records",
     "MaybeImaged": "transforms",
-    "NIFTI_SUFFIXES": "imaging",
+    "NIFTI_SUFFIXES": "nifti",
     "NUMERIC_FIELDS": "records",
+    "NiftiHeader": "nifti",
     "RECORD_FIELDS": "records",
     "RecordTable": "records",
     "SCHEMA_FILES": "records",
@@ -37,6 +35,7 @@ _HOMES = {
     "VolumeInfo": "imaging",
     "build_transforms": "imaging",
     "check_leakage": "splits",
+    "check_nifti_file": "nifti",
     "check_shape": "imaging",
     "detect_vocabulary": "records",
     "draw_population": "simulate",
@@ -46,18 +45,14 @@ _HOMES = {
     "load_records": "records",
     "load_volume": "imaging",
     "make_splits": "splits",
+    "max_voxels": "nifti",
     "read_table": "records",
     "render_subject": "simulate",
     "scanner_augmentation": "transforms",
+    "select_record": "records",
     "simulate_cohort": "simulate",
     "to_adnimerge_row": "records",
     "validate_path": "validate",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _HOMES)

@@ -1,18 +1,13 @@
 """Running models: configs, samples, checkpoints, DDP helpers, training, prediction, saliency.
-
-Public names load on first use (PEP 562), so ``import mediad.engine`` stays cheap
-for the command line.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from mediad._lazy import lazy_exports
 
 _HOMES = {
     "CHECKPOINT_FORMAT": "checkpoint",
     "DataConfig": "config",
     "DistInfo": "ddp",
+    "OCCLUSION_MASK": "explain",
     "OptimConfig": "config",
     "Prediction": "predictor",
     "Predictor": "predictor",
@@ -24,6 +19,7 @@ _HOMES = {
     "confounder_vector": "samples",
     "data_fingerprint": "samples",
     "distributed": "ddp",
+    "drop_modalities": "samples",
     "gather": "ddp",
     "hash_subjects": "checkpoint",
     "load_checkpoint": "checkpoint",
@@ -37,10 +33,4 @@ _HOMES = {
     "train": "trainer",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _HOMES)

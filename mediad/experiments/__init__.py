@@ -1,13 +1,7 @@
 """Experiments on cohorts: evaluation with reports, the confounder ablation, the bundled demo.
-
-Public names load on first use (PEP 562), so ``import mediad.experiments`` stays cheap
-for the command line.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from mediad._lazy import lazy_exports
 
 _HOMES = {
     "AblationConfig": "ablation",
@@ -24,10 +18,4 @@ _HOMES = {
     "verdicts": "ablation",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _HOMES)

@@ -1,23 +1,22 @@
 """The networks: image / text / tabular encoders, the causal head, MediAD and the baselines.
-
-Public names load on first use (PEP 562), so ``import mediad.networks`` stays cheap
-for the command line.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from mediad._lazy import lazy_exports
 
 _HOMES = {
     "ARCHITECTURE": "models",
+    "AdversarialNet": "models",
     "BackDoorAdjustment": "causal",
+    "CrossAttentionNet": "models",
     "CrossModalFusion": "causal",
     "FrontDoorAdjustment": "causal",
     "ImageEncoder": "encoders",
     "ImageEncoderConfig": "encoders",
     "KINDS": "models",
+    "LateFusionNet": "models",
+    "MediADNet": "models",
     "Mediator": "causal",
+    "MetadataNormNet": "models",
     "ModelConfig": "models",
     "ModelOutput": "models",
     "MultimodalNet": "models",
@@ -27,6 +26,7 @@ _HOMES = {
     "TabularBaseline": "models",
     "TabularEncoder": "encoders",
     "TextEmbedder": "encoders",
+    "VARIANTS": "models",
     "build_model": "models",
     "confounder_stratum": "causal",
     "masked_attention": "causal",
@@ -35,10 +35,4 @@ _HOMES = {
     "text_model_folder": "encoders",
 }
 
-__all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+__all__, __getattr__ = lazy_exports(__name__, _HOMES)
