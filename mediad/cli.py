@@ -449,7 +449,10 @@ def _serve(cmd: list[str]) -> int:
     def stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a shell that starts us in the background leaves it ignored, and Ctrl+C
+    # or `kill -INT` must still stop the server
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM,
+                                                    signal.SIGHUP)}
     try:
         return proc.wait()
     except KeyboardInterrupt:
