@@ -439,12 +439,25 @@ def streamlit_command(script: Path, host: str, port: int) -> list[str]:
             "--server.maxUploadSize", os.environ.get("MEDIAD_MAX_UPLOAD_MB", "256")]
 
 
+def _die_with_parent() -> None:
+    """In the server process (Linux): get SIGTERM when `mediad app` dies, even by SIGKILL."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def _serve(cmd: list[str]) -> int:
     """Run the server until it ends or we are stopped; stopping us always stops it too."""
     import signal
     import subprocess
 
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
 
     def stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
