@@ -360,7 +360,8 @@ def read_table(path: str | Path, encoding: str = "utf-8") -> RawTable:
         line = data[:exc.start].count(b"\n") + 1
         raise InputError(
             f"{p}:{line}: the file is not {encoding} text (byte 0x{bad} at offset {exc.start}); "
-            "re-save it as UTF-8, or pass its encoding (e.g. --encoding latin-1)"
+            "re-save it as UTF-8, or give its encoding (e.g. latin-1: --encoding on the "
+            "command line, the Text encoding choice in the app)"
         ) from None
     except LookupError:
         raise InputError(f"unknown text encoding {encoding!r}") from None

@@ -93,7 +93,7 @@ def test_unreadable_tables_give_specific_errors(tmp_path: Path, text: str, expec
 
 def test_other_encoding_is_named_and_can_be_given(tmp_path: Path) -> None:
     p = write(tmp_path, "subject_id,notes\nS1,Patient vit à Genève\n", encoding="latin-1")
-    with pytest.raises(InputError, match=r"not utf-8 text \(byte 0xe0.*--encoding latin-1"):
+    with pytest.raises(InputError, match=r"not utf-8 text \(byte 0xe0.*latin-1: --encoding"):
         load_records(p)
     assert load_records(p, encoding="latin-1").rows[0].notes == "Patient vit à Genève"
 
