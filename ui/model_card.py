@@ -44,5 +44,13 @@ st.markdown("""
   through the front door). It cannot remove confounding it never saw.
 - Summaries never contain the diagnosis or identifiers; free-text notes are quoted as data.
 """)
+if cfg.model.kind == "tabular":
+    st.warning("This tabular baseline's checkpoint holds its training matrix (numeric record "
+               "fields, no ids, rows shuffled): scikit-learn models cannot be restored "
+               "without unpickling code, so it refits on load. Share it only as you would "
+               "share the training records.")
+else:
+    st.caption("Training subjects are stored as salted hashes: the checkpoint cannot list "
+               "who was in the training data.")
 st.subheader("Configuration")
 st.code(cfg.to_yaml(), language="yaml")
