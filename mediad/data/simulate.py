@@ -55,7 +55,9 @@ __all__ = [
 
 Shift = Literal["none", "removed", "reversed"]
 #: Bumped when the mechanisms change, so cached cohorts (the demo's) are rebuilt.
-SIMULATOR_VERSION = 2
+SIMULATOR_VERSION = 3
+#: The one site code of every simulated id, so ids carry nothing about the site.
+SIMULATED_SITE_CODE = "900"
 
 # MNI coordinates (mm) of the left/right hippocampal bodies and their ellipsoid radii.
 HIPPOCAMPUS_CENTERS_MM = ((-26.0, -22.0, -14.0), (28.0, -22.0, -14.0))
@@ -170,7 +172,9 @@ def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
     faq = np.clip(score((0.3, 3.5, 13.0), (1.0, 3.0, 6.0), 0.8, 0.0).round(), 0, 30)
 
     frame = pd.DataFrame({
-        "subject_id": [f"{site[i] + 1:03d}_S_{cfg.subject_offset + i + 1:04d}"
+        # ADNI-shaped ids whose first part is NOT the site (in ADNI it is): neither an id
+        # nor a file name may tell a model which scanner a subject came from
+        "subject_id": [f"{SIMULATED_SITE_CODE}_S_{cfg.subject_offset + i + 1:04d}"
                        for i in range(n)],
         "visit": "bl", "site": [SITES[s].name for s in site], "site_index": site,
         "diagnosis": np.array(DIAGNOSES)[dx], "age": age, "sex": sex,

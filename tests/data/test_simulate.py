@@ -198,3 +198,15 @@ def test_missing_fields_are_left_unrecorded_not_imputed() -> None:
     share = f.adas13.isna().mean()
     assert 0.07 < share < 0.13
     assert f.diagnosis.notna().all() and f.age.notna().all()
+
+
+def test_ids_and_file_names_do_not_reveal_the_site(tiny_cohort: Path) -> None:
+    import csv
+
+    rows = list(csv.DictReader((tiny_cohort / "manifest.csv").open()))
+    sites = {r["site"] for r in rows}
+    assert len(sites) > 1
+    prefixes = {r["subject_id"].split("_S_")[0] for r in rows}
+    assert len(prefixes) == 1  # one code for every site
+    for r in rows:
+        assert r["site"].lower() not in r["subject_id"].lower() + r["mri_path"].lower()
