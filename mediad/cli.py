@@ -181,6 +181,37 @@ def validate(
 
 @app.command()
 @_friendly
+def preprocess(
+    path: Annotated[Path, typer.Argument(help="A raw T1 (NIfTI) or a manifest of them.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (resumable).")],
+    skull_strip: Annotated[bool, typer.Option("--skull-strip/--no-skull-strip",
+                                              help="Brain extraction (deepbet).")] = True,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Affine "
+                                           "registration to MNI152 (off for inputs already "
+                                           "in MNI space).")] = True,
+    n4: Annotated[bool, typer.Option(help="N4 bias-field correction.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Processes (each loads the brain-"
+                                         "extraction model once).")] = 1,
+) -> None:
+    """Raw T1 -> brain extraction -> registration to MNI152, with a QC record per subject."""
+    from mediad.data.nifti import NIFTI_SUFFIXES
+    from mediad.data.preprocess import PreprocessConfig, preprocess_file, preprocess_manifest
+
+    config = PreprocessConfig(skull_strip=skull_strip, register=register, n4=n4)
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        result = preprocess_file(path, config, out_dir / "cache")
+        out.print(result.qc.model_dump_json(indent=2), highlight=False, markup=False)
+        out.print(f"{'reused' if result.cached else 'wrote'} {result.image}")
+        if result.qc.flags:
+            raise typer.Exit(1)
+        return
+    with _progress("preprocessing") as update:
+        manifest = preprocess_manifest(path, out_dir, config, workers, update)
+    out.print(f"manifest {manifest}\nQC       {out_dir / 'qc.csv'}")
+
+
+@app.command()
+@_friendly
 def split(
     manifest: Annotated[Path, typer.Argument(help="Manifest or records table.")],
     out_file: Annotated[Path, typer.Option("--out", help="Splits JSON to write.")] = Path(
