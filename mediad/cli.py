@@ -197,7 +197,7 @@ def preprocess(
     from mediad.data.nifti import NIFTI_SUFFIXES
     from mediad.data.preprocess import PreprocessConfig, preprocess_file, preprocess_manifest
 
-    config = PreprocessConfig(skull_strip=skull_strip, register=register, n4=n4)
+    config = PreprocessConfig(skull_strip=skull_strip, registration=register, n4=n4)
     if path.name.lower().endswith(NIFTI_SUFFIXES):
         result = preprocess_file(path, config, out_dir / "cache")
         out.print(result.qc.model_dump_json(indent=2), highlight=False, markup=False)

@@ -60,7 +60,7 @@ def test_results_are_cached_by_content_and_settings(whole_head: Path, tmp_path: 
     t = time.perf_counter()
     again = preprocess_file(whole_head, PreprocessConfig(), tmp_path)
     assert again.cached and again.image == first.image and time.perf_counter() - t < 2
-    other = preprocess_file(whole_head, PreprocessConfig(register=False), tmp_path)
+    other = preprocess_file(whole_head, PreprocessConfig(registration=False), tmp_path)
     assert not other.cached and other.qc.steps == ["brain_extraction"]
 
 
