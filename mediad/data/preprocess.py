@@ -134,8 +134,8 @@ def _to_sitk(img: nib.Nifti1Image) -> Any:
     return out
 
 
-def _from_sitk(image: Any, like: nib.Nifti1Image) -> np.ndarray:
-    """SimpleITK voxels resampled onto ``like``'s grid -> an array in ``like``'s order."""
+def _from_sitk(image: Any) -> np.ndarray:
+    """SimpleITK voxels -> a nibabel-ordered (x, y, z) array on the same grid."""
     import SimpleITK as sitk
 
     return np.transpose(sitk.GetArrayFromImage(image), (2, 1, 0)).astype(np.float32)
@@ -183,7 +183,7 @@ def _n4(img: nib.Nifti1Image, mask: np.ndarray | None) -> nib.Nifti1Image:
     log_field = corrector.GetLogBiasFieldAsImage(moving)
     corrected = moving / sitk.Exp(log_field)
     canonical = nib.as_closest_canonical(img)
-    return nib.Nifti1Image(_from_sitk(corrected, canonical), canonical.affine)
+    return nib.Nifti1Image(_from_sitk(corrected), canonical.affine)
 
 
 def _coarse(image: Any, spacing: float) -> Any:
@@ -235,7 +235,7 @@ def register_to_template(brain: nib.Nifti1Image, config: PreprocessConfig | None
     reg.SetInitialTransform(initial, inPlace=False)
     transform = reg.Execute(fixed, moving)
     warped = sitk.Resample(full, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    data = _from_sitk(warped, template)
+    data = _from_sitk(warped)
     a, b = data[template_mask], np.asarray(template.dataobj)[template_mask]
     similarity = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 else 0.0
     return nib.Nifti1Image(data, template.affine), similarity
