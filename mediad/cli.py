@@ -99,6 +99,10 @@ def simulate(
     missing_rate: Annotated[float, typer.Option(help="Share of optional fields left "
                                                 "unrecorded.")] = 0.05,
     workers: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = 1,
+    native_space: Annotated[bool, typer.Option(help="Raw T1s as a scanner writes them "
+                                               "(each head its own pose, some whole "
+                                               "heads); off: brains on the template "
+                                               "grid.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """Draw a synthetic confounded cohort (volumes, records, manifest, ground truth, card)."""
@@ -106,7 +110,8 @@ def simulate(
 
     cfg = SimulationConfig(n_subjects=n_subjects, confounding=confounding, shift=shift,
                            seed=seed, spacing=spacing, shape=_parse_shape(shape),
-                           missing_rate=missing_rate, workers=workers)
+                           missing_rate=missing_rate, workers=workers,
+                           native_space=native_space)
     with _progress("simulating") as update:
         folder = simulate_cohort(cfg, out_dir, overwrite=overwrite, progress=update)
     _print_cohort(folder)
@@ -323,12 +328,23 @@ def train_cmd(
                                            ".")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder.")],
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+    mni_inputs: Annotated[bool, typer.Option("--mni-inputs", help="The MRIs are already "
+                                             "brain-extracted and registered to MNI152: "
+                                             "skip preprocessing.")] = False,
 ) -> None:
-    """Train MediAD or a baseline (also under `torchrun --nproc_per_node N -m mediad train`)."""
+    """Train MediAD or a baseline (also under `torchrun --nproc_per_node N -m mediad train`).
+
+    Raw T1s are brain-extracted and registered to MNI152 first (cached; see `mediad
+    preprocess`), unless --mni-inputs or the config's `imaging.preprocess: null` says not to.
+    """
     from mediad.engine.config import TrainConfig
     from mediad.engine.trainer import train
 
-    result = train(TrainConfig.from_yaml(config), out_dir, resume=resume)
+    cfg = TrainConfig.from_yaml(config)
+    if mni_inputs:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+            "imaging": cfg.data.imaging.model_copy(update={"preprocess": None})})})
+    result = train(cfg, out_dir, resume=resume)
     test = result.metrics.get("test", {})
     out.print(f"{out_dir}: best epoch {result.best_epoch}; test balanced accuracy "
               f"{test.get('balanced_accuracy', float('nan')):.3f} (n={test.get('n', 0)}); "
@@ -353,8 +369,12 @@ def predict(
     visit: Annotated[str | None, typer.Option(help="The visit (e.g. bl, m12), when the "
                                               "subject has several.")] = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of the record file.")] = "utf-8",
+    mni_inputs: Annotated[bool, typer.Option("--mni-inputs", help="The MRIs are already "
+                                             "brain-extracted and registered to MNI152: "
+                                             "skip preprocessing.")] = False,
 ) -> None:
-    """Predict one subject; prints JSON (probabilities, intervention off, inputs, summary)."""
+    """Predict one subject; prints JSON (probabilities, intervention off, inputs, summary,
+    and the MRI's preprocessing QC)."""
     from mediad.data.records import load_records, select_record
     from mediad.engine.predictor import Predictor
     from mediad.paths import data_dir
@@ -363,7 +383,7 @@ def predict(
     if record is not None:
         rec = select_record(load_records(record, encoding=encoding), subject, visit)
     ck = checkpoint or data_dir() / "demo-model" / "best.pt"
-    result = Predictor(ck, task=task).predict(mri, rec)
+    result = Predictor(ck, task=task, mni_inputs=mni_inputs).predict(mri, rec)
     text = result.model_dump_json(indent=2)
     if out_file:
         atomic_write_text(out_file, text)
@@ -381,13 +401,18 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for CIs.")] = 1000,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes preprocessing raw MRIs.")] = 2,
+    mni_inputs: Annotated[bool, typer.Option("--mni-inputs", help="The MRIs are already "
+                                             "brain-extracted and registered to MNI152: "
+                                             "skip preprocessing.")] = False,
 ) -> None:
     """Evaluate a model on a cohort: predictions, metrics with CIs, subgroups, plots, report."""
     from mediad.experiments.evaluation import evaluate
 
-    with _progress("predicting") as update:
+    with _progress("preprocessing, then predicting") as update:
         result = evaluate(checkpoint, manifest, out_dir, force=force, batch_size=batch_size,
-                          n_bootstrap=bootstrap, seed=seed, progress=update)
+                          n_bootstrap=bootstrap, seed=seed, progress=update, workers=workers,
+                          mni_inputs=mni_inputs)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}")
     if result.metrics:
@@ -442,10 +467,9 @@ def app_cmd(
     if demo_assets:
         with _progress("demo cohort") as update:
             ensure_demo_cohort(progress=update)
-        with _progress("held-out demo cohort") as update:
-            ensure_demo_cohort(progress=update, shifted=True)
-        out.print("Demo model: training it the first time (about a minute)…")
+        out.print("Demo model: preprocessing the MRIs and training it, the first time only…")
         ensure_demo_model()
+        _build_held_out_in_background()
     import ui
 
     script = Path(ui.__file__).with_name("app.py")
@@ -468,6 +492,29 @@ def streamlit_command(script: Path, host: str, port: int) -> list[str]:
             "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
             "--server.maxUploadSize", os.environ.get("MEDIAD_MAX_UPLOAD_MB", "256")]
+
+
+def _build_held_out_in_background() -> None:
+    """The held-out demo cohort (the Patient page's demo subject, the Cohort page's example)
+    is not needed to open the app: build it in a low-priority process that stops with us."""
+    import os
+    import subprocess
+    import sys
+
+    from mediad.experiments.demo import DEMO_SHIFTED, demo_cohort_ready
+
+    if demo_cohort_ready(shifted=True):
+        return
+
+    def start() -> None:
+        _die_with_parent()
+        os.nice(10)
+
+    subprocess.Popen([sys.executable, "-c", "from mediad.experiments.demo import "
+                      "ensure_demo_cohort; ensure_demo_cohort(shifted=True)"],
+                     preexec_fn=start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out.print(f"Building the held-out demo cohort ({DEMO_SHIFTED.n_subjects} subjects) in "
+              "the background; the demo subject is ready in about a minute.")
 
 
 def _die_with_parent() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -17,16 +19,30 @@ SMALL_MODEL = {"image": {"channels": [8, 8, 16, 16]}, "d_model": 16, "heads": 2,
                "n_prototypes": 4, "dropout": 0.0, "use_tabular": True}
 
 
-def tiny_train_config(cohort: Path, cache: Path, **model: object) -> TrainConfig:
-    """A training config small enough for unit tests (32^3, 4 epochs)."""
+#: One cache for the whole session: every cache is content-addressed (preprocessed MRIs,
+#: summaries, embeddings), so sharing it only saves recomputation between tests.
+SHARED_CACHE = Path(tempfile.mkdtemp(prefix="mediad-test-cache-"))
+
+
+def tiny_train_config(cohort: Path, cache: Path | None = None, **model: object
+                      ) -> TrainConfig:
+    """A training config small enough for unit tests (32^3, 4 epochs); the raw T1s are
+    preprocessed as by default (in-process: a worker pool costs more than it saves here)."""
     return TrainConfig.model_validate({
-        "data": {"manifest": str(cohort / "manifest.csv"), "cache_dir": str(cache),
+        "data": {"manifest": str(cohort / "manifest.csv"),
+                 "cache_dir": str(cache or SHARED_CACHE), "workers": 1,
                  "imaging": {"spacing": [6.0, 6.0, 6.0], "shape": [32, 32, 32]},
                  "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}},
         "model": {**SMALL_MODEL, **model},
         "optim": {"epochs": 4, "batch_size": 4, "lr": 3e-3, "patience": 10,
                   "class_weighting": False},
     })
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_cache() -> Iterator[None]:
+    yield
+    shutil.rmtree(SHARED_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +56,7 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MediAD model trained on the tiny cohort (shared read-only)."""
     out = tmp_path_factory.mktemp("run") / "mediad"
-    train(tiny_train_config(tiny_cohort, out.parent / "cache"), out, show_progress=False)
+    train(tiny_train_config(tiny_cohort), out, show_progress=False)
     return out
 
 

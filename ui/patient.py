@@ -14,12 +14,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
 from mediad.data.imaging import load_volume
+from mediad.data.preprocess import _template
 from mediad.data.records import ClinicalRecord, load_manifest, load_records
 from mediad.engine.explain import saliency
 from mediad.errors import MediADError
@@ -42,8 +44,55 @@ ENCODINGS = ["utf-8", "latin-1", "cp1252"]
 
 
 def forget(*keys: str) -> None:
+    if "mri" in keys:
+        keys = (*keys, "prepared", "preview")
     for key in (*keys, "prediction", "saliency", "saliency_key"):
         state.pop(key, None)
+
+
+def mid_planes(volume: np.ndarray) -> list[np.ndarray]:
+    """Sagittal, coronal and axial slices through the middle of a RAS volume."""
+    i, j, k = (s // 2 for s in volume.shape)
+    return [volume[i], volume[:, j], volume[:, :, k]]
+
+
+def prepare(source: Upload | str, label: str) -> bool:
+    """Bring the MRI to the network's input once, as the model was trained (brain
+    extraction and registration to MNI152, with a status while it runs). An upload is
+    preprocessed inside its private temporary folder, so nothing of it stays on disk; the
+    page keeps the result and a preview in memory. Returns whether the MRI is usable."""
+    with on_disk(source) as path:
+        try:
+            if predictor is None:  # nothing to predict with: show the upload as it is
+                state["volume"], state["prepared"] = load_volume(path), None
+                return True
+            if predictor.preprocess is None:  # a model trained on MNI-space inputs
+                state["prepared"] = predictor.load_image(path)
+                state["volume"] = state["prepared"].tensor
+                return True
+            cache = path.parent / "preprocessed" if isinstance(source, Upload) else None
+            with st.status("Preprocessing the MRI: brain extraction (deepbet) and "
+                           "registration to MNI152; a few seconds…") as status:
+                prepared = predictor.load_image(path, cache_dir=cache)
+                result = prepared.preprocessed
+                assert result is not None
+                raw = nib.as_closest_canonical(nib.load(str(path)))
+                raw_data = np.asarray(raw.dataobj, dtype=np.float32).reshape(raw.shape[:3])
+                mask = (np.asarray(nib.load(result.mask).dataobj) > 0 if result.mask
+                        else np.ones(raw_data.shape, bool))
+                brain = np.asarray(nib.load(result.image).dataobj, dtype=np.float32)
+                status.update(label="Preprocessed: " + " → ".join(
+                    result.qc.steps).replace("_", " "), state="complete")
+        except MediADError as exc:
+            state["mri_error"] = show_error("This MRI cannot be used: ", exc, path, label)
+            return False
+    template_mask = _template(predictor.preprocess.output_spacing)[1]
+    state["preview"] = {"raw": mid_planes(raw_data), "mask": mid_planes(mask),
+                        "brain": mid_planes(brain), "template": mid_planes(template_mask),
+                        "qc": result.qc}
+    state["prepared"] = prepared._replace(preprocessed=None)  # its files are gone
+    state["volume"] = prepared.tensor
+    return True
 
 
 def load_demo_subject() -> None:
@@ -51,9 +100,11 @@ def load_demo_subject() -> None:
     try:
         row = load_manifest(folder / "manifest.csv").rows[0]
     except MediADError as exc:
-        state["demo_error"] = f"The demo cohort is not there ({exc}); run `make demo` first."
+        state["demo_error"] = ("The held-out demo cohort is not there yet: `mediad app` "
+                               "builds it in the background after the app starts (about a "
+                               f"minute); try again shortly. ({exc})")
         return
-    forget("mri", "volume", "record", "record_table", "record_from")
+    forget("mri", "volume", "record", "record_table", "record_from", "mri_error")
     state["mri"], state["mri_label"] = row.mri_path, "demo MRI (held-out synthetic cohort)"
     state["record"] = ClinicalRecord(**row.model_dump(exclude={"mri_path"}))
     state["record_from"] = "demo"
@@ -69,20 +120,13 @@ def take_mri(uploaded: Any) -> None:
     forget("mri", "volume", "mri_error")
     if uploaded is None:
         return
-    upload: Upload | None = None
     try:
         upload = read_upload(uploaded, "mri")
-        with on_disk(upload) as path:
-            try:
-                volume = load_volume(path, transforms=predictor.transforms if predictor
-                                     else None)
-            except MediADError as exc:
-                state["mri_error"] = show_error("This MRI cannot be used: ", exc, path,
-                                                upload.name)
-                return
-        state["mri"], state["mri_label"], state["volume"] = upload, upload.name, volume
     except MediADError as exc:
         state["mri_error"] = show_error("This MRI cannot be used: ", exc)
+        return
+    if prepare(upload, upload.name):
+        state["mri"], state["mri_label"] = upload, upload.name
 
 
 def take_record_file(uploaded: Any, kind: str, encoding: str) -> None:
@@ -195,18 +239,57 @@ with right:
             if state.get("record_from") == kind and state.get("record") is not None:
                 st.success("Record accepted.")
 
+def show_preprocessing(preview: dict[str, Any]) -> None:
+    """What preprocessing did: the upload with the brain mask's outline, the brain on the
+    template grid with the template brain's outline, and the QC figures."""
+    qc = preview["qc"]
+    st.subheader("Preprocessing")
+    fig, axes = plt.subplots(2, 3, figsize=(10, 6.4), layout="constrained")
+    rows = (("raw", "mask", "as uploaded (native space); outline: brain mask"),
+            ("brain", "template", "registered to MNI152; outline: template brain"))
+    for row, (image, outline, title) in zip(axes, rows, strict=True):
+        for ax, img, line, plane in zip(row, preview[image], preview[outline],
+                                        ("sagittal", "coronal", "axial"), strict=True):
+            ax.imshow(img.T, origin="lower", cmap="gray")
+            ax.contour(line.T.astype(float), levels=[0.5], colors="#ff4040", linewidths=0.8)
+            ax.set_title(f"{plane}", fontsize=9)
+            ax.set_axis_off()
+        row[0].text(-0.08, 0.5, title, transform=row[0].transAxes, rotation=90, fontsize=9,
+                    ha="right", va="center")
+    st.pyplot(fig)
+    plt.close(fig)
+    c = st.columns(4)
+    extraction = ("deepbet" if "brain_extraction" in qc.steps else "already done"
+                  if "already_brain_extracted" in qc.steps else "off")
+    c[0].metric("Brain extraction", extraction, help=" → ".join(qc.steps))
+    c[1].metric("Brain volume", f"{qc.brain_volume_ml:.0f} mL" if qc.brain_volume_ml else "-",
+                help="Plausible adult range 800-2600 mL.")
+    c[2].metric("Overlap with template", f"{qc.overlap:.2f}" if qc.overlap else "-",
+                help="Dice of the registered brain with the MNI152 brain mask (≥ 0.85).")
+    c[3].metric("Similarity", f"{qc.similarity:.2f}" if qc.similarity else "-",
+                help="Correlation with the template inside its brain (real brains: about "
+                "0.4 and above).")
+    st.caption("Steps: " + " → ".join(qc.steps).replace("_", " "))
+    for flag in qc.flags:
+        st.warning(f"Quality control: {flag}. Treat any answer for this MRI with caution.")
+
+
 record: ClinicalRecord | None = state.get("record")
 mri_in: Upload | str | None = state.get("mri")
+if (mri_in is not None and predictor is not None and state.get("prepared") is None
+        and not state.get("mri_error")):
+    if not prepare(mri_in, state.get("mri_label", "MRI")):  # the demo subject's file
+        forget("mri")
+        mri_in = None
+if state.get("preview"):
+    show_preprocessing(state["preview"])
 st.divider()
 if predictor is None:
     st.stop()
 if st.button("Predict", type="primary", disabled=not (record or mri_in)):
     try:
-        if mri_in is None:
-            state["prediction"] = predictor.predict(None, record)
-        else:
-            with on_disk(mri_in) as path:
-                state["prediction"] = predictor.predict(path, record)
+        state["prediction"] = predictor.predict(state.get("prepared") if mri_in is not None
+                                                else None, record)
     except MediADError as exc:
         show_error("Cannot predict: ", exc)
 if not (record or mri_in):
@@ -291,18 +374,14 @@ if mri_in is not None and predictor is not None:
                       "bar).")
     heat = explained = None
     try:
-        if volume is None:
-            with on_disk(mri_in) as path:
-                volume = state["volume"] = load_volume(path, transforms=predictor.transforms)
         if method != "none" and pred is not None and predictor.use_image:
             key = (state.get("mri_label"), method, predictor.path, id(record))
             if state.get("saliency_key") != key:
                 bar = st.progress(0.0, text=f"Computing {method} saliency…")
-                with on_disk(mri_in) as path:
-                    state["saliency"] = saliency(
-                        predictor, path, record, method,  # type: ignore[arg-type]
-                        progress=lambda d, t: bar.progress(d / max(t, 1),
-                                                           text=f"{method}: {d}/{t}"))
+                state["saliency"] = saliency(
+                    predictor, state["prepared"], record, method,  # type: ignore[arg-type]
+                    progress=lambda d, t: bar.progress(d / max(t, 1),
+                                                       text=f"{method}: {d}/{t}"))
                 state["saliency_key"] = key
                 bar.empty()
             _, heat, explained = state["saliency"]

@@ -1,7 +1,9 @@
 """MRI ingest: MONAI transform pipelines from a NIfTI file to a fixed-size, normalised tensor.
 
 The pipeline is the same for training, evaluation and the app (identical normalisation, or
-numbers mean nothing): load (nibabel) -> check -> channel first -> reorient to RAS ->
+numbers mean nothing): check the file -> preprocess a raw T1 (brain extraction and
+registration to MNI152, cached; :mod:`mediad.data.preprocess`; off for inputs already in
+MNI space) -> load (nibabel) -> check -> channel first -> reorient to RAS ->
 resample to ``spacing`` -> robust percentile scaling -> foreground crop -> resize the longest
 side and pad to ``shape``. It accepts brain-extracted and whole-head T1s, any orientation,
 voxel size and on-disk dtype. Unusable files raise :class:`~mediad.errors.ImageError` naming
@@ -37,7 +39,8 @@ from monai.transforms import (
 )
 from pydantic import BaseModel, ConfigDict, Field
 
-from mediad.data.nifti import CheckNiftiFiled, check_nifti_file
+from mediad.data.nifti import CheckNiftiFiled, check_nifti_file, check_shape, check_voxels
+from mediad.data.preprocess import PreprocessConfig, Preprocessd
 from mediad.errors import ImageError
 
 __all__ = [
@@ -46,7 +49,6 @@ __all__ = [
     "ImagingConfig",
     "VolumeInfo",
     "build_transforms",
-    "check_shape",
     "inspect_volume",
     "load_volume",
 ]
@@ -63,26 +65,9 @@ class ImagingConfig(BaseModel):
     foreground_threshold: float = Field(
         0.05, ge=0, lt=1, description="Fraction of the robust range that counts as foreground."
     )
-
-
-def check_shape(shape: Sequence[int], source: object) -> tuple[int, int, int]:
-    """The 3D shape of a volume, after squeezing trailing singleton dimensions.
-
-    Raises:
-        ImageError: fewer than 3 spatial dimensions, or more than one volume.
-    """
-    shape = tuple(int(s) for s in shape)
-    squeezed = shape
-    while len(squeezed) > 3 and squeezed[-1] == 1:
-        squeezed = squeezed[:-1]
-    if len(squeezed) > 3:
-        raise ImageError(source, f"has {int(np.prod(squeezed[3:]))} volumes (shape "
-                         f"{_fmt(shape)}); MediAD needs one 3D T1 volume - extract one "
-                         "volume first (e.g. fslroi)")
-    if len(squeezed) < 3 or min(squeezed) < 2:
-        raise ImageError(source, f"is a 2D image (shape {_fmt(shape)}); MediAD needs a 3D "
-                         "T1 volume")
-    return squeezed  # type: ignore[return-value]
+    preprocess: PreprocessConfig | None = Field(
+        default_factory=PreprocessConfig, description="Raw T1 -> brain in MNI152 space; "
+        "null for inputs already brain-extracted and registered to MNI152.")
 
 
 class CheckVolume(Transform):
@@ -97,14 +82,7 @@ class CheckVolume(Transform):
             source = img.meta.get("filename_or_obj", "image")
         source = source or "image"
         img = img.reshape(check_shape(img.shape, source))
-        finite = torch.isfinite(img)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise ImageError(source, f"has {bad} NaN or infinite voxel(s) of "
-                             f"{img.numel()}; the file is damaged or was written wrongly")
-        if float(img.max()) == float(img.min()):
-            raise ImageError(source, f"is constant (every voxel = {float(img.min()):g}); "
-                             "it holds no image")
+        check_voxels(img.detach().cpu().numpy(), source)
         return img
 
 
@@ -133,7 +111,9 @@ class _AboveThreshold:
 
 
 def build_transforms(config: ImagingConfig | None = None, keys: Sequence[str] = ("image",),
-                     load: bool = True, check_file: bool = True) -> Compose:
+                     load: bool = True, check_file: bool = True,
+                     cache_dir: str | Path | None = None, run_preprocess: bool = True
+                     ) -> Compose:
     """The dictionary pipeline, file path -> ``(1, *config.shape)`` float32 tensor.
 
     Args:
@@ -142,6 +122,9 @@ def build_transforms(config: ImagingConfig | None = None, keys: Sequence[str] = 
         load: include the loader (``False`` when the dictionary already holds arrays).
         check_file: check each file's header and size before loading it (see
             :mod:`mediad.data.nifti`); off only where the caller has just checked it.
+        cache_dir: where preprocessed volumes are cached (default: the data folder's).
+        run_preprocess: off where the caller preprocesses itself (or the files already are
+            in MNI space); the steps after it still follow ``config.preprocess``.
 
     Returns:
         A MONAI ``Compose`` usable with CacheDataset / PersistentDataset.
@@ -152,6 +135,8 @@ def build_transforms(config: ImagingConfig | None = None, keys: Sequence[str] = 
     if load:
         if check_file:
             steps.append(CheckNiftiFiled(keys))
+        if c.preprocess is not None and run_preprocess:
+            steps.append(Preprocessd(keys, c.preprocess, _preprocess_cache(cache_dir)))
         steps.append(LoadImaged(keys, reader="NibabelReader", image_only=True,
                                 dtype=np.float32))
     steps += [
@@ -162,8 +147,13 @@ def build_transforms(config: ImagingConfig | None = None, keys: Sequence[str] = 
         ScaleIntensityRangePercentilesd(keys, lower=c.lower_percentile,
                                         upper=c.upper_percentile, b_min=0.0, b_max=1.0,
                                         clip=True),
-        CropForegroundd(keys, source_key=keys[0], select_fn=_AboveThreshold(
-            c.foreground_threshold), allow_smaller=True),
+    ]
+    if c.preprocess is None or not c.preprocess.registration:
+        # inputs of any pose: crop to the head or brain; registered inputs all share the
+        # template's grid already, and a crop would only add jitter to that geometry
+        steps.append(CropForegroundd(keys, source_key=keys[0], select_fn=_AboveThreshold(
+            c.foreground_threshold), allow_smaller=True))
+    steps += [
         Resized(keys, spatial_size=min(c.shape), size_mode="longest", mode="trilinear"),
         SpatialPadd(keys, spatial_size=c.shape),
         EnsureTyped(keys, dtype=torch.float32, track_meta=False),
@@ -171,8 +161,8 @@ def build_transforms(config: ImagingConfig | None = None, keys: Sequence[str] = 
     return Compose(steps)
 
 
-def _fmt(shape: Sequence[int]) -> str:
-    return "x".join(str(int(s)) for s in shape)
+def _preprocess_cache(cache_dir: str | Path | None) -> Path | None:
+    return None if cache_dir is None else Path(cache_dir) / "preprocessed"
 
 
 def _diagnose(path: Path, exc: BaseException) -> str:

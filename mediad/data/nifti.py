@@ -18,7 +18,7 @@ import gzip
 import io
 import os
 import zlib
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ __all__ = [
     "CheckNiftiFiled",
     "NiftiHeader",
     "check_nifti_file",
+    "check_shape",
+    "check_voxels",
     "max_voxels",
 ]
 
@@ -198,3 +200,42 @@ class CheckNiftiFiled(MapTransform):
         for key in self.key_iterator(d):
             self.checker(d[key])
         return d
+
+
+def check_shape(shape: Sequence[int], source: object) -> tuple[int, int, int]:
+    """The 3D shape of a volume, after squeezing trailing singleton dimensions.
+
+    Raises:
+        ImageError: fewer than 3 spatial dimensions, or more than one volume.
+    """
+    shape = tuple(int(s) for s in shape)
+    squeezed = shape
+    while len(squeezed) > 3 and squeezed[-1] == 1:
+        squeezed = squeezed[:-1]
+    if len(squeezed) > 3:
+        raise ImageError(source, f"has {int(np.prod(squeezed[3:]))} volumes (shape "
+                         f"{_fmt(shape)}); MediAD needs one 3D T1 volume - extract one "
+                         "volume first (e.g. fslroi)")
+    if len(squeezed) < 3 or min(squeezed) < 2:
+        raise ImageError(source, f"is a 2D image (shape {_fmt(shape)}); MediAD needs a 3D "
+                         "T1 volume")
+    return squeezed  # type: ignore[return-value]
+
+
+def check_voxels(data: np.ndarray, source: object) -> None:
+    """Refuse NaN/Inf voxels and constant volumes (before any model sees them).
+
+    Raises:
+        ImageError: naming the file and the problem.
+    """
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise ImageError(source, f"has {int((~finite).sum())} NaN or infinite voxel(s) of "
+                         f"{data.size}; the file is damaged or was written wrongly")
+    if float(data.max()) == float(data.min()):
+        raise ImageError(source, f"is constant (every voxel = {float(data.min()):g}); "
+                         "it holds no image")
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)

@@ -11,6 +11,9 @@ SCM of docs/design.md on the MNI152 2009 template that nilearn ships (no downloa
 * image ← V (vascular burden, latent): T1-hypointense white-matter lesions;
 * image ← S: contrast (gamma), blur, noise, bias field, intensity scale and the on-disk
   orientation/dtype — the unobserved confounder, chosen to survive intensity normalisation;
+  some sites write the whole head (skull, scalp, face), others a brain-extracted image;
+* native space: each head has its own size, tilt and position in the field of view, as a
+  raw T1 off the scanner, so every cohort exercises brain extraction and registration;
 * scores (MMSE, CDR-SB, ADAS13, FAQ) ← D (strongly), V, education, noise.
 
 Each subject's causes are saved in ``ground_truth.csv``; ``dataset_card.md`` says what was
@@ -49,13 +52,15 @@ __all__ = [
     "SimulationConfig",
     "SiteProfile",
     "draw_population",
+    "head_pose",
+    "output_grid",
     "render_subject",
     "simulate_cohort",
 ]
 
 Shift = Literal["none", "removed", "reversed"]
 #: Bumped when the mechanisms change, so cached cohorts (the demo's) are rebuilt.
-SIMULATOR_VERSION = 3
+SIMULATOR_VERSION = 4
 #: The one site code of every simulated id, so ids carry nothing about the site.
 SIMULATED_SITE_CODE = "900"
 
@@ -80,6 +85,8 @@ class SiteProfile:
     scale: float  # global intensity scale written on disk
     orientation: str  # axis codes of the stored array
     dtype: str  # on-disk dtype
+    whole_head: float = 0.0  # share of scans written as the whole head (skull, scalp, face);
+    # the others are the site's own brain extraction
 
 
 SITES: tuple[SiteProfile, ...] = (
@@ -88,8 +95,13 @@ SITES: tuple[SiteProfile, ...] = (
     SiteProfile("SITE-B", "community study, 1.5T", (2.0, 0.0, -2.0), 1.40, 2.0, 0.04, 0.30,
                 3000.0, "LPS", "int16"),
     SiteProfile("SITE-C", "general hospital, 1.5T", (0.0, 0.5, 0.0), 1.00, 1.2, 0.03, 0.20,
-                255.0, "PIR", "uint8"),
+                255.0, "PIR", "uint8", whole_head=0.15),
 )
+#: Head pose in native space: rotation sd (degrees) and limit, log head scale mean and sd
+#: with its limits (MNI152 brains are larger than most native ones), shift sd and limit (mm).
+POSE_ROTATION_DEG = (4.0, 10.0)
+POSE_SCALE = (0.95, 0.04, 0.87, 1.05)
+POSE_SHIFT_MM = (5.0, 12.0)
 
 
 class SimulationConfig(BaseModel):
@@ -109,6 +121,10 @@ class SimulationConfig(BaseModel):
                                 "left unrecorded.")
     site_storage: bool = Field(True, description="Write each site's files in its own "
                                "orientation and dtype (exercises ingest).")
+    native_space: bool = Field(True, description="Raw T1s as a scanner writes them: each head "
+                               "its own size, tilt and position, whole heads from the sites "
+                               "that write them. Off: every brain on the template grid, as "
+                               "after registration.")
     workers: int = Field(1, ge=1, le=64, description="Processes rendering volumes.")
     subject_offset: int = Field(0, ge=0, le=10**7, description="First subject number minus "
                                 "one; keeps ids of cohorts that will be compared disjoint.")
@@ -190,6 +206,21 @@ def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
         frame[f"true_{col}"] = frame[col]
     for col in ("education_years", "apoe4", "adas13", "faq", "bmi", "smoking", "diabetes"):
         frame[col] = frame[col].astype(object).where(rng.random(n) >= cfg.missing_rate, None)
+    pose = np.random.default_rng(np.random.SeedSequence([cfg.seed, 3]))
+    rot_sd, rot_max = POSE_ROTATION_DEG
+    shift_sd, shift_max = POSE_SHIFT_MM
+    scale_mean, scale_sd, scale_lo, scale_hi = POSE_SCALE
+    rotation = np.clip(pose.normal(0, rot_sd, (n, 3)), -rot_max, rot_max)
+    shift = np.clip(pose.normal(0, shift_sd, (n, 3)), -shift_max, shift_max)
+    head_scale = np.clip(scale_mean * np.exp(pose.normal(0, scale_sd, n)), scale_lo, scale_hi)
+    if not cfg.native_space:
+        rotation, shift, head_scale = rotation * 0, shift * 0, head_scale * 0 + 1
+    for i, axis in enumerate("xyz"):
+        frame[f"rotation_{axis}_deg"] = rotation[:, i].round(2)
+        frame[f"shift_{axis}_mm"] = shift[:, i].round(2)
+    frame["head_scale"] = head_scale.round(4)
+    share = np.array([SITES[s].whole_head for s in site])
+    frame["whole_head"] = (pose.random(n) < share) & cfg.native_space
     notes = np.array([None, "Lives independently.", "Attended with a family member.",
                       "Reports poor sleep.", "Hearing aid in use."], dtype=object)
     frame["notes"] = notes[rng.choice(len(notes), n, p=[0.6, 0.1, 0.1, 0.1, 0.1])]
@@ -202,11 +233,13 @@ def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class _Template:
-    t1: np.ndarray
+    t1: np.ndarray  # the brain
+    head: np.ndarray  # everything around it: skull, scalp, face, neck
     gm: np.ndarray
     wm: np.ndarray
     mask: np.ndarray
     affine: np.ndarray
+    center: np.ndarray  # of the brain's bounding box, mm
 
 
 @lru_cache(maxsize=1)
@@ -218,21 +251,47 @@ def _template() -> _Template:
 
     t1 = datasets.load_mni152_template(resolution=2)
     mask = arr(datasets.load_mni152_brain_mask(resolution=2)) > 0
-    return _Template(arr(t1) * mask, arr(datasets.load_mni152_gm_template(resolution=2)),
-                     arr(datasets.load_mni152_wm_template(resolution=2)), mask,
-                     np.asarray(t1.affine, dtype=np.float64))
+    affine = np.asarray(t1.affine, dtype=np.float64)
+    idx = np.argwhere(mask)
+    center = ((idx.min(0) + idx.max(0)) / 2) @ affine[:3, :3].T + affine[:3, 3]
+    return _Template(arr(t1) * mask, _synthetic_head(mask, float(affine[0, 0])),
+                     arr(datasets.load_mni152_gm_template(resolution=2)),
+                     arr(datasets.load_mni152_wm_template(resolution=2)), mask, affine, center)
 
 
-def output_grid(spacing: float, shape: tuple[int, int, int] | None = None) -> tuple[
+#: Layers around the brain, as (outer distance from the brain in mm, T1 intensity): CSF,
+#: skull (inner table, marrow-filled diploë, outer table), then scalp (fat and muscle).
+HEAD_LAYERS = ((3.0, 0.12), (5.0, 0.04), (9.0, 0.55), (11.0, 0.04), (17.0, 0.75))
+
+
+def _synthetic_head(mask: np.ndarray, spacing: float) -> np.ndarray:
+    """Skull and scalp around a brain mask, as concentric T1 layers (nilearn's MNI152 T1 is
+    brain-extracted, and no permissive PyPI package ships a whole-head template)."""
+    distance = ndimage.distance_transform_edt(~mask) * spacing
+    head = np.zeros(mask.shape, np.float32)
+    inner = 0.0
+    for outer, value in HEAD_LAYERS:
+        head[(distance > inner) & (distance <= outer)] = value
+        inner = outer
+    return ndimage.gaussian_filter(head, 0.6) * ~mask
+
+
+def output_grid(spacing: float, shape: tuple[int, int, int] | None = None,
+                field_of_view: Literal["brain", "native", "head"] = "brain") -> tuple[
         tuple[int, int, int], np.ndarray]:
-    """Shape and RAS affine of the output grid: the template's brain plus a 12 mm margin."""
+    """Shape and RAS affine of the output grid.
+
+    ``brain``: the template's brain plus a 12 mm margin; ``native``: room for a brain that
+    moved (pose); ``head``: the whole head. ``shape`` fixes the grid's size around the brain.
+    """
     tpl = _template()
-    idx = np.argwhere(tpl.mask)
+    idx = np.argwhere(tpl.mask if field_of_view != "head" else (tpl.t1 + tpl.head) > 0)
     corners = np.c_[np.r_[[idx.min(0), idx.max(0)]], np.ones(2)] @ tpl.affine.T
-    lo, hi = corners[0, :3] - 12.0, corners[1, :3] + 12.0
+    margin = {"brain": 12.0, "native": 28.0, "head": 16.0}[field_of_view]
+    lo, hi = corners[0, :3] - margin, corners[1, :3] + margin
     size = np.ceil((hi - lo) / spacing).astype(int) + 1
     if shape is not None:
-        lo = (lo + hi) / 2 - (np.array(shape) - 1) * spacing / 2
+        lo = tpl.center - (np.array(shape) - 1) * spacing / 2
         size = np.array(shape)
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = lo
@@ -245,15 +304,34 @@ def _bump(points: np.ndarray, center: tuple[float, ...], radii: tuple[float, ...
     return np.clip(1.0 - (rho / 1.5) ** 2, 0.0, None) ** 2
 
 
+def head_pose(truth: dict[str, Any]) -> np.ndarray:
+    """The 4x4 map from template mm to scanner mm: scale and rotation about the brain's
+    centre, then the shift (identity when the truth has no pose)."""
+    from scipy.spatial.transform import Rotation
+
+    angles = [float(truth.get(f"rotation_{a}_deg", 0.0)) for a in "xyz"]
+    shift = [float(truth.get(f"shift_{a}_mm", 0.0)) for a in "xyz"]
+    scale = float(truth.get("head_scale", 1.0))
+    c = _template().center
+    linear = Rotation.from_euler("xyz", angles, degrees=True).as_matrix() * scale
+    pose = np.eye(4)
+    pose[:3, :3] = linear
+    pose[:3, 3] = c - linear @ c + np.array(shift)
+    return pose
+
+
 def render_subject(truth: dict[str, Any], spacing: float = 3.0,
                    shape: tuple[int, int, int] | None = None, seed: int = 0,
                    site_effects: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Render one T1 volume (RAS, float32, intensities ~[0, 1]) from a subject's causes.
 
     Args:
-        truth: ``hippocampal_atrophy``, ``global_atrophy``, ``n_lesions`` and ``site_index``.
+        truth: ``hippocampal_atrophy``, ``global_atrophy``, ``n_lesions`` and ``site_index``;
+            optionally the pose (``rotation_*_deg``, ``shift_*_mm``, ``head_scale``) and
+            ``whole_head``.
         spacing: isotropic voxel size, mm.
-        shape: output grid shape (default: brain bounding box plus margin).
+        shape: output grid shape (default: the brain, or the whole head, with room for the
+            pose when the truth has one).
         seed: seed of this subject's own RNG (lesion placement, site jitter, noise).
         site_effects: apply the site's scanner (contrast, blur, bias, noise); off, the
             image carries only the anatomical causes.
@@ -265,9 +343,16 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
 
     tpl = _template()
     rng = np.random.default_rng(seed)
-    grid_shape, affine = output_grid(spacing, shape)
+    pose = head_pose(truth)
+    whole_head = bool(truth.get("whole_head", False))
+    native = "head_scale" in truth  # a native-space subject, even in the template's pose
+    fov = "head" if whole_head else ("native" if native else "brain")
+    grid_shape, affine = output_grid(spacing, shape, fov)
     ijk = np.stack(np.meshgrid(*[np.arange(s) for s in grid_shape], indexing="ij"), -1)
-    world = ijk.reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]
+    scanner = ijk.reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]
+    # the head sits in the scanner with its own pose: look each voxel up in template space
+    inverse = np.linalg.inv(pose)
+    world = scanner @ inverse[:3, :3].T + inverse[:3, 3]
 
     # Anatomy as a deformation: hippocampi shrink towards their centres (sampling from
     # farther out), ventricles enlarge with global atrophy (sampling from closer in).
@@ -280,10 +365,10 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
         roi = np.maximum(roi, w)
     wv = _bump(world, VENTRICLES_CENTER_MM, VENTRICLES_RADII_MM)
     src -= (world - np.array(VENTRICLES_CENTER_MM)) * (0.35 * g * wv)[:, None]
-    vox = (src - tpl.affine[:3, 3]) @ np.linalg.inv(tpl.affine[:3, :3]).T
-    coords = vox.T.reshape(3, *grid_shape)
+    to_voxel = np.linalg.inv(tpl.affine[:3, :3]).T
 
-    def sample(vol: np.ndarray) -> np.ndarray:
+    def sample(vol: np.ndarray, points: np.ndarray = src) -> np.ndarray:
+        coords = ((points - tpl.affine[:3, 3]) @ to_voxel).T.reshape(3, *grid_shape)
         return ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0)
 
     t1, gm, wm = sample(tpl.t1), sample(tpl.gm), sample(tpl.wm)
@@ -301,7 +386,10 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
         d2 = ((ijk - c) ** 2).sum(-1)
         t1 *= 1.0 - 0.5 * np.exp(-d2 / (2 * r * r))
 
-    t1 = np.clip(t1 / max(float(t1.max()), 1e-6), 0.0, 1.0).astype(np.float32)
+    top = max(float(t1.max()), 1e-6)
+    t1 = np.clip(t1 / top, 0.0, 1.0).astype(np.float32)
+    if whole_head:  # skull, scalp and face around the brain, on the brain's intensity scale
+        t1 = t1 + np.clip(sample(tpl.head, world) / top, 0.0, 1.2).astype(np.float32)
     if not site_effects:
         return t1, affine
     site = SITES[int(truth["site_index"])]
@@ -315,8 +403,10 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
     img = bias(img)
     noise = RandRicianNoise(prob=1.0, std=site.noise * jitter[3], sample_std=False)
     noise.set_random_state(seed=int(rng.integers(2**31)))
-    img = noise(img)
-    return np.asarray(img[0], dtype=np.float32), affine
+    img = np.asarray(noise(img)[0], dtype=np.float32)
+    if not whole_head:  # the site's own brain extraction: zero outside the brain
+        img = img * (sample(tpl.mask.astype(np.float32), world) > 0.5)
+    return img, affine
 
 
 def _store(volume: np.ndarray, affine: np.ndarray, site: SiteProfile, path: Path,
@@ -423,7 +513,8 @@ def cohort_statistics(frame: pd.DataFrame, seed: int = 0) -> dict[str, Any]:
 def _card(cfg: SimulationConfig, stats: dict[str, Any], seconds: float) -> str:
     sites = "\n".join(
         f"| {s.name} | {s.description} | {', '.join(f'{v:+.1f}' for v in s.selection)} | "
-        f"{s.gamma} | {s.blur_mm} | {s.noise} | {s.bias} | {s.orientation} {s.dtype} |"
+        f"{s.gamma} | {s.blur_mm} | {s.noise} | {s.bias} | {s.orientation} {s.dtype} | "
+        f"{s.whole_head:.0%} |"
         for s in SITES)
     counts = "\n".join(f"| {s} | " + " | ".join(str(row[d]) for d in DIAGNOSES) + " |"
                        for s, row in stats["site_by_diagnosis"].items())
@@ -457,13 +548,18 @@ visit each; built in {seconds:.1f} s.
 - Image ← age: cortical grey-matter loss and ventricle enlargement, 0.012 per year over 55.
 - Image ← vascular burden V (latent; hypertension, diabetes, smoking are recorded):
   Poisson(2.5·V) T1-hypointense white-matter lesions.
-- Image ← S (never given to a model): the scanner below.
+- Image ← S (never given to a model): the scanner below. A site writes the share of scans
+  under "whole head" with skull, scalp and face, the others brain-extracted (zero outside).
+- Native space{'' if cfg.native_space else ' (off for this cohort)'}: each head is scaled
+  ({POSE_SCALE[2]}-{POSE_SCALE[3]}), rotated (sd {POSE_ROTATION_DEG[0]}°, at most
+  {POSE_ROTATION_DEG[1]}° per axis) and shifted (sd {POSE_SHIFT_MM[0]} mm, at most
+  {POSE_SHIFT_MM[1]} mm) in the field of view; `ground_truth.csv` has each pose.
 - Scores ← D (strongly), V and education (MMSE and CDR-SB are label-defining in ADNI).
 - {cfg.missing_rate:.0%} of optional fields (education, APOE4, ADAS13, FAQ, BMI, smoking,
   diabetes) are left unrecorded at random.
 
-| site | kind | γ CN, MCI, AD | gamma | blur mm | noise | bias | stored as |
-|---|---|---|---|---|---|---|---|
+| site | kind | γ CN, MCI, AD | gamma | blur mm | noise | bias | stored as | whole head |
+|---|---|---|---|---|---|---|---|---|
 {sites}
 
 ## What was drawn
@@ -492,7 +588,8 @@ while at high `confounding` the site alone predicts D well — the shortcut the 
 must not take. Evaluate on a `shift=reversed` cohort to see who took it.
 
 ## Files
-- `images/*.nii.gz`: one T1 per subject, stored in its site's orientation and dtype.
+- `images/*.nii.gz`: one T1 per subject in native space, stored in its site's orientation
+  and dtype (`mediad preprocess` brings them to MNI space).
 - `records.csv`: ADNIMERGE column names (plus HYPERTENSION, DIABETES, SMOKING, BMI, NOTES).
 - `manifest.csv`: MediAD's own schema with `mri_path` (relative to this folder).
 - `ground_truth.csv`: each subject's causes, image factors and site.
@@ -582,9 +679,11 @@ def _write_tables(frame: pd.DataFrame, folder: Path) -> None:
     manifest.to_csv(folder / "manifest.csv", index=False)
     truth = frame[["subject_id", "site", "diagnosis", "age", "true_apoe4", "hypertension",
                    "true_diabetes", "true_smoking", "vascular_burden", "hippocampal_atrophy",
-                   "global_atrophy", "n_lesions"]].copy()
+                   "global_atrophy", "n_lesions", "whole_head", "head_scale",
+                   *(f"{k}_{a}_{u}" for k, u in (("rotation", "deg"), ("shift", "mm"))
+                     for a in "xyz")]].copy()
     truth.columns = [c.removeprefix("true_") for c in truth.columns]
-    for col in ("hypertension", "diabetes", "smoking"):
+    for col in ("hypertension", "diabetes", "smoking", "whole_head"):
         truth[col] = truth[col].astype(int)
     site = {s.name: s for s in SITES}
     for attr in ("gamma", "blur_mm", "noise", "bias", "orientation", "dtype"):

@@ -73,6 +73,8 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]
                           f"architecture {ck.get('architecture', 1)}; this version reads "
                           f"{CHECKPOINT_FORMAT}, architecture {ARCHITECTURE}); retrain it "
                           "with `mediad train`")
+    imaging = ck["config"].get("data", {}).setdefault("imaging", {})
+    imaging.setdefault("preprocess", None)  # trained before preprocessing existed: raw input
     have = ck["config"]["model"]["task"]
     if task is not None and have != task:
         raise MediADError(f"{p}: checkpoint is for task {have!r}, not {task!r}")

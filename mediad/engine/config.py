@@ -28,7 +28,9 @@ class DataConfig(BaseModel):
     text_model: str = "all-minilm-l6-v2"
     augment: bool = Field(False, description="Randomise scanner effects (interventional "
                           "augmentation).")
-    cache_dir: Path | None = Field(None, description="Summaries / embeddings cache.")
+    cache_dir: Path | None = Field(None, description="Summaries, embeddings and "
+                                   "preprocessed MRIs cache.")
+    workers: int = Field(2, ge=1, le=64, description="Processes preprocessing raw MRIs.")
 
 
 class OptimConfig(BaseModel):

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mediad.data.imaging import load_volume
 from mediad.data.records import ClinicalRecord
-from mediad.engine.predictor import Predictor
+from mediad.engine.predictor import Predictor, PreparedMRI
 from mediad.engine.samples import build_samples
 from mediad.errors import MediADError
 from mediad.networks.models import MultimodalNet
@@ -56,7 +55,8 @@ def _occlusion_passes(shape: Sequence[int], mask: int, overlap: float) -> int:
                         else 0) for s in shape]))
 
 
-def saliency(predictor: Predictor, mri: str | Path, record: ClinicalRecord | None = None,
+def saliency(predictor: Predictor, mri: str | Path | PreparedMRI,
+             record: ClinicalRecord | None = None,
              method: Literal["gradcam", "occlusion"] = "gradcam",
              progress: Callable[[int, int], None] | None = None,
              mask_size: int = OCCLUSION_MASK) -> tuple[np.ndarray, np.ndarray, str]:
@@ -64,7 +64,7 @@ def saliency(predictor: Predictor, mri: str | Path, record: ClinicalRecord | Non
 
     Args:
         predictor: a loaded model that uses MRIs.
-        mri: the NIfTI file.
+        mri: the NIfTI file (or the MRI the predictor prepared from it).
         record: the record held fixed while the image varies (optional).
         method: ``gradcam`` (one backward pass) or ``occlusion`` (one pass per position).
         progress: called with (occluded volumes scored, total) as occlusion runs.
@@ -78,7 +78,7 @@ def saliency(predictor: Predictor, mri: str | Path, record: ClinicalRecord | Non
     model = predictor.model
     if not isinstance(model, MultimodalNet) or model.image is None:
         raise MediADError("this model does not use MRIs: there is nothing to highlight")
-    image = load_volume(mri, transforms=predictor.transforms)[None].to(predictor.device)
+    image = predictor.load_image(mri).tensor[None].to(predictor.device)
     sample = build_samples([record], [None], predictor.classes, predictor.summarizer,
                            predictor.embedder, predictor.config.model.tabular_fields)[0]
     context = {k: torch.as_tensor(np.asarray(v))[None].to(predictor.device)

@@ -4,8 +4,9 @@ summary and its provenance, and exactly which inputs were used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 
 from mediad import RESEARCH_NOTICE
 from mediad.data.imaging import build_transforms, load_volume
+from mediad.data.preprocess import PreprocessResult, preprocess_file, preprocess_paths
 from mediad.data.records import LABEL_DEFINING_FIELDS, ClinicalRecord
 from mediad.engine.checkpoint import load_checkpoint
 from mediad.engine.config import TrainConfig, cache_root
@@ -22,7 +24,16 @@ from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import MultimodalNet, TabularBaseline, build_model
 from mediad.summarize import Summarizer
 
-__all__ = ["Prediction", "Predictor"]
+__all__ = ["Prediction", "Predictor", "PreparedMRI"]
+
+
+class PreparedMRI(NamedTuple):
+    """An MRI on the network's grid, with how it got there (kept in memory by the app, so
+    that an upload is preprocessed once and never stored)."""
+
+    tensor: torch.Tensor
+    qc: dict[str, Any] | None = None
+    preprocessed: PreprocessResult | None = None
 
 
 
@@ -37,6 +48,7 @@ class Prediction(BaseModel):
     inputs_used: dict[str, Any]
     summary: str | None
     summary_provenance: dict[str, Any] | None
+    image_qc: dict[str, Any] | None = None
     model: dict[str, Any]
     notice: str = RESEARCH_NOTICE
 
@@ -48,13 +60,15 @@ class Predictor:
         checkpoint: a ``best.pt`` written by ``mediad train``.
         task: refuse a checkpoint made for another task.
         device: ``cpu``/``cuda`` (default: CUDA when available).
+        mni_inputs: the MRIs are already brain-extracted and in MNI152 space: skip the
+            preprocessing the model was trained with.
 
     Raises:
         MediADError: the checkpoint is missing, foreign or for another task.
     """
 
     def __init__(self, checkpoint: str | Path, task: str | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, mni_inputs: bool = False) -> None:
         self.path = Path(checkpoint)
         self.ck = load_checkpoint(self.path, task)
         self.config = TrainConfig.model_validate(self.ck["config"])
@@ -77,10 +91,40 @@ class Predictor:
                     f", but llm_templates/ holds {self.summarizer.template.version}; use the "
                     "template the model was trained with")
             self.embedder = TextEmbedder(self.ck["text_model_id"], root / "embeddings")
-        # load_volume checks each file first, so the pipeline need not check it again
-        self.transforms = build_transforms(self.config.data.imaging, check_file=False)
+        imaging = self.config.data.imaging
+        self.preprocess = None if mni_inputs else imaging.preprocess
+        self.preprocess_cache = cache_root(self.config) / "preprocessed"
+        # preprocessing runs first (for its QC record); load_volume checks each file, so the
+        # pipeline need not check it again
+        self.transforms = build_transforms(imaging, check_file=False, run_preprocess=False)
 
-    def predict(self, mri: str | Path | None = None,
+    def prepare(self, paths: list[str], workers: int = 1,
+                progress: Callable[[int, int], None] | None = None) -> None:
+        """Preprocess many MRIs in worker processes ahead of a batch run (fills the cache;
+        unusable ones are left for :meth:`predict_many` to report)."""
+        if self.preprocess is not None and self.use_image and paths:
+            preprocess_paths(paths, self.preprocess, self.preprocess_cache, workers, progress)
+
+    def load_image(self, mri: str | Path | PreparedMRI, cache_dir: str | Path | None = None
+                   ) -> PreparedMRI:
+        """The network's input for one MRI, preprocessed as the model was trained.
+
+        Args:
+            mri: a NIfTI file (or an already prepared MRI, returned as it is).
+            cache_dir: where preprocessing results go (default: the model's cache).
+
+        Raises:
+            ImageError: the file is unusable, or no brain was found (named).
+        """
+        if isinstance(mri, PreparedMRI):
+            return mri
+        if self.preprocess is None:
+            return PreparedMRI(load_volume(mri, transforms=self.transforms))
+        result = preprocess_file(mri, self.preprocess, cache_dir or self.preprocess_cache)
+        return PreparedMRI(load_volume(result.image, transforms=self.transforms),
+                           result.qc.model_dump(mode="json"), result)
+
+    def predict(self, mri: str | Path | PreparedMRI | None = None,
                 record: ClinicalRecord | None = None) -> Prediction:
         """Predict one subject from an MRI, a record, or both.
 
@@ -89,8 +133,8 @@ class Predictor:
         """
         return self.predict_many([(mri, record)])[0]
 
-    def predict_many(self, items: list[tuple[str | Path | None, ClinicalRecord | None]]
-                     ) -> list[Prediction]:
+    def predict_many(self, items: list[tuple[str | Path | PreparedMRI | None,
+                                             ClinicalRecord | None]]) -> list[Prediction]:
         """Predict a batch of (MRI, record) pairs in one forward pass.
 
         Raises:
@@ -116,10 +160,13 @@ class Predictor:
             x = np.stack([np.where(s["tab_mask"] > 0, s["tab_values"], np.nan)
                           for s in samples])
             log_p = log_off = self.model.predict_log_proba(x)
+            qcs = [None] * len(items)
         else:
             blank = torch.zeros((1, *self.config.data.imaging.shape))
-            images = [load_volume(m, transforms=self.transforms) if use else blank
+            loaded = [self.load_image(m) if use else PreparedMRI(blank)
                       for (m, _), use in zip(items, use_mri, strict=True)]
+            images = [p.tensor for p in loaded]
+            qcs = [p.qc for p in loaded]
             batch = {k: torch.as_tensor(np.stack([np.asarray(s[k]) for s in samples]))
                      for k in samples[0] if k != "image"}
             batch["image"] = torch.stack(images)
@@ -128,13 +175,13 @@ class Predictor:
                 out = self.model({k: v.to(self.device) for k, v in batch.items()})
             log_p = out.log_probs.float().cpu().numpy()
             log_off = out.log_probs_off.float().cpu().numpy()
-        return [self._prediction(mri, record, use, summary, sample, lp, lo)
-                for (mri, record), use, summary, sample, lp, lo in zip(
-                    items, use_mri, summaries, samples, log_p, log_off, strict=True)]
+        return [self._prediction(mri, record, use, summary, sample, lp, lo, qc)
+                for (mri, record), use, summary, sample, lp, lo, qc in zip(
+                    items, use_mri, summaries, samples, log_p, log_off, qcs, strict=True)]
 
-    def _prediction(self, mri: str | Path | None, record: ClinicalRecord | None, use_mri: bool,
+    def _prediction(self, mri: Any, record: ClinicalRecord | None, use_mri: bool,
                     summary: Any, sample: dict[str, Any], log_p: np.ndarray,
-                    log_off: np.ndarray) -> Prediction:
+                    log_off: np.ndarray, qc: dict[str, Any] | None) -> Prediction:
         mc = self.config.model
         probs, off = np.exp(log_p), np.exp(log_off)
         fields = summary.provenance.fields_included if summary else []
@@ -157,6 +204,7 @@ class Predictor:
             },
             summary=summary.text if summary else None,
             summary_provenance=summary.provenance.model_dump(mode="json") if summary else None,
+            image_qc=qc,
             model=self.model_info(),
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,11 @@ import numpy as np
 import torch
 
 from mediad.data.imaging import ImagingConfig, build_transforms
+from mediad.data.preprocess import QCRecord, preprocess_paths
 from mediad.data.records import ClinicalRecord, ManifestRow
 from mediad.data.transforms import MaybeImaged, scanner_augmentation
 from mediad.engine.config import TrainConfig
+from mediad.errors import InputError, Issue
 from mediad.networks.causal import confounder_stratum
 from mediad.networks.encoders import TextEmbedder, tabular_features
 from mediad.summarize import Summarizer
@@ -26,6 +28,7 @@ __all__ = [
     "drop_modalities",
     "make_dataset",
     "make_summarizer",
+    "prepare_images",
 ]
 
 
@@ -79,12 +82,39 @@ def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str
     return samples
 
 
+def prepare_images(rows: Sequence[ManifestRow], imaging: ImagingConfig, cache: Path,
+                   workers: int = 2, progress: Callable[[int, int], None] | None = None
+                   ) -> dict[str, QCRecord]:
+    """Preprocess every MRI of ``rows`` up front, in worker processes (the datasets then read
+    the cache), and refuse the run if any MRI is unusable, naming each subject.
+
+    Returns:
+        The QC record of each MRI path (empty when the config does not preprocess).
+
+    Raises:
+        InputError: no brain found, or registration failed, for some subject(s).
+    """
+    if imaging.preprocess is None:
+        return {}
+    paths = [r.mri_path for r in rows if r.mri_path]
+    results = preprocess_paths(paths, imaging.preprocess, cache / "preprocessed", workers,
+                               progress)
+    issues = [Issue("error", got, subject=r.subject_id, field="mri_path",
+                    value=Path(r.mri_path).name)
+              for r in rows if r.mri_path and isinstance(got := results[r.mri_path], str)]
+    InputError.raise_if_errors(issues, summary=f"{len(issues)} MRI(s) could not be "
+                               "preprocessed; fix or remove them from the manifest")
+    return {p: r.qc for p, r in results.items() if not isinstance(r, str)}
+
+
 def make_dataset(samples: list[dict[str, Any]], imaging: ImagingConfig, augment: bool,
-                 cache: bool = True) -> Any:
+                 cache: bool = True, cache_dir: Path | None = None) -> Any:
+    """A MONAI dataset over ``samples``; preprocessed volumes are read from ``cache_dir``."""
     from monai.data import CacheDataset, Dataset
     from monai.transforms import Compose
 
-    steps: list[Any] = [MaybeImaged(build_transforms(imaging), imaging.shape)]
+    steps: list[Any] = [MaybeImaged(build_transforms(imaging, cache_dir=cache_dir),
+                                    imaging.shape)]
     if augment:
         steps.append(scanner_augmentation())
     transform = Compose(steps)

@@ -44,6 +44,7 @@ from mediad.engine.samples import (
     drop_modalities,
     make_dataset,
     make_summarizer,
+    prepare_images,
 )
 from mediad.errors import ImageError, InputError, Issue, MediADError
 from mediad.metrics import classification_metrics
@@ -125,15 +126,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
         raise InputError(f"{config.data.manifest}: only {len(rows)} labelled row(s) for task "
                          f"{config.model.task}; training needs more")
     use_image, use_text = config.model.inputs
+    cache = cache_root(config)
     if use_image:
         _check_images(rows)
+        _preprocess(rows, config, cache, show_progress and d.main)
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no folder
     splits = _splits(config, rows, out, d)
     by_split = {name: [r for r in rows if splits.split_of(r.subject_id) == name]
                 for name in ("train", "val", "test")}
     if d.main:
         (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    cache = cache_root(config)
     summarizer = make_summarizer(config, cache) if use_text else None
     embedder = TextEmbedder(config.data.text_model, cache / "embeddings") if (
         use_text) else None
@@ -171,6 +173,23 @@ def _check_images(rows: Sequence[ManifestRow]) -> None:
                                     field="mri_path", value=Path(row.mri_path).name))
     InputError.raise_if_errors(issues, summary=f"{len(issues)} unusable MRI(s); fix or "
                                "remove them from the manifest")
+
+
+def _preprocess(rows: Sequence[ManifestRow], config: TrainConfig, cache: Path,
+                show_progress: bool) -> None:
+    """Raw T1s to MNI152 once, in workers, before any dataset reads them (cached)."""
+    if config.data.imaging.preprocess is None:
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len({r.mri_path for r in rows if r.mri_path}), desc="preprocessing MRIs",
+              disable=not show_progress) as bar:
+        qc = prepare_images(rows, config.data.imaging, cache, config.data.workers,
+                            lambda done, _total: bar.update(done - bar.n))
+    flagged = sum(1 for q in qc.values() if q.flags)
+    if flagged and show_progress:
+        tqdm.write(f"{flagged} of {len(qc)} MRIs carry a preprocessing QC flag (see "
+                   "`mediad preprocess` for the reasons); they are used as they are")
 
 
 def _splits(config: TrainConfig, rows: list[ManifestRow], out: Path, d: DistInfo) -> Splits:
@@ -229,9 +248,11 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[d.local_rank] if device.type == "cuda" else None,
             find_unused_parameters=True)
-    train_set = make_dataset(samples["train"], imaging, config.data.augment)
-    eval_sets = {k: make_dataset(samples[k], imaging, False) for k in ("val", "test")
-                 if samples[k]}
+    cache = cache_root(config)
+    train_set = make_dataset(samples["train"], imaging, config.data.augment,
+                             cache_dir=cache)
+    eval_sets = {k: make_dataset(samples[k], imaging, False, cache_dir=cache)
+                 for k in ("val", "test") if samples[k]}
     sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True,
                                  seed=oc.seed, drop_last=False)
     per_rank = max(1, oc.batch_size // d.world)

@@ -11,6 +11,7 @@ _HOMES = {
     "EvalResult": "evaluation",
     "QUICK": "ablation",
     "VARIANTS": "ablation",
+    "demo_cohort_ready": "demo",
     "ensure_demo_cohort": "demo",
     "ensure_demo_model": "demo",
     "evaluate": "evaluation",

@@ -17,6 +17,7 @@ __all__ = [
     "DEMO_COHORT",
     "DEMO_CONFIG",
     "DEMO_SHIFTED",
+    "demo_cohort_ready",
     "ensure_demo_cohort",
     "ensure_demo_model",
 ]
@@ -25,12 +26,12 @@ __all__ = [
 DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "demo.yaml"
 
 #: The demo cohort: confounded like a real multi-site study (site predicts diagnosis).
-DEMO_COHORT = SimulationConfig(n_subjects=200, confounding=0.8, shift="none", seed=2026,
-                               spacing=3.0, workers=1)
+DEMO_COHORT = SimulationConfig(n_subjects=150, confounding=0.8, shift="none", seed=2026,
+                               spacing=3.0, workers=2)
 
 
 #: A held-out cohort for the Cohort page: new subjects, site and age links reversed.
-DEMO_SHIFTED = DEMO_COHORT.model_copy(update={"n_subjects": 100, "shift": "reversed",
+DEMO_SHIFTED = DEMO_COHORT.model_copy(update={"n_subjects": 60, "shift": "reversed",
                                                "seed": 2027, "subject_offset": 5000})
 
 
@@ -42,6 +43,13 @@ def _same_cohort(folder: Path, cfg: SimulationConfig) -> bool:
     want = cfg.model_dump(mode="json", exclude={"workers"})
     return (card.get("config") == want and card.get("simulator_version") == SIMULATOR_VERSION
             and (folder / "manifest.csv").is_file())
+
+
+def demo_cohort_ready(root: Path | None = None, shifted: bool = False) -> bool:
+    """Whether the demo cohort (or its held-out twin) is built and current."""
+    cfg = DEMO_SHIFTED if shifted else DEMO_COHORT
+    return _same_cohort((root or data_dir()) / ("demo-shifted" if shifted else "demo-cohort"),
+                        cfg)
 
 
 def ensure_demo_cohort(root: Path | None = None,

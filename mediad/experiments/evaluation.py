@@ -134,13 +134,16 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
              force: bool = False, batch_size: int = 16, n_bootstrap: int = 1000,
              seed: int = 0, progress: Callable[[int, int], None] | None = None,
              base_dir: str | Path | None = None, confine: bool = False,
-             manifest_name: str | None = None) -> EvalResult:
+             manifest_name: str | None = None, workers: int = 2,
+             mni_inputs: bool = False) -> EvalResult:
     """Evaluate a checkpoint on a cohort manifest (labels optional).
 
     ``base_dir`` and ``confine`` are passed to :func:`~mediad.data.records.load_manifest`
     (relative MRI paths, and whether paths may leave that folder); ``manifest_name`` is how
     the report names the manifest (default: its path). Nothing is written before the inputs
-    have been accepted, so a refused run leaves no folder.
+    have been accepted, so a refused run leaves no folder. Raw T1s are preprocessed as the
+    model was trained (``workers`` processes), unless ``mni_inputs`` says they already
+    are in MNI152 space.
 
     Raises:
         LeakageError: subjects of the cohort were in the model's training data (unless
@@ -150,7 +153,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
     from mediad.engine.ddp import distributed
 
     out = Path(out_dir)
-    predictor = Predictor(checkpoint)
+    predictor = Predictor(checkpoint, mni_inputs=mni_inputs)
     table = load_manifest(manifest, base_dir=base_dir, confine=confine)
     rows = table.rows
     warnings: list[str] = []
@@ -166,6 +169,8 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
                         "(--force): their predictions are optimistic.")
     out.mkdir(parents=True, exist_ok=True)
     final = out / "predictions.csv"
+    if not final.exists():  # raw T1s to MNI152 in worker processes first (cached)
+        predictor.prepare([r.mri_path for r in rows if r.mri_path], workers, progress)
     with distributed() as d:
         if final.exists():  # a finished run: only metrics and report are recomputed
             pass

@@ -12,7 +12,8 @@ import torch
 from mediad.data.imaging import ImagingConfig, build_transforms, inspect_volume, load_volume
 from mediad.errors import ImageError
 
-CFG = ImagingConfig(spacing=(4.0, 4.0, 4.0), shape=(32, 32, 32))
+# the ingest steps alone (preprocessing has its own tests, on brain-like images)
+CFG = ImagingConfig(spacing=(4.0, 4.0, 4.0), shape=(32, 32, 32), preprocess=None)
 
 
 def reorient(data: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarray, np.ndarray]:

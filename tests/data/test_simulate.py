@@ -114,11 +114,65 @@ def test_lesions_darken_white_matter() -> None:
     assert (clean - lesioned).max() > 0.2 and (lesioned <= clean + 1e-6).all()
 
 
+def brain_centroid_and_volume(vol: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, float]:
+    inside = np.argwhere(vol > 0.1)
+    centroid = inside.mean(0) @ affine[:3, :3].T + affine[:3, 3]
+    return centroid, len(inside) * abs(np.linalg.det(affine[:3, :3])) / 1000
+
+
+def test_pose_moves_scales_and_tilts_the_head() -> None:
+    base = {"hippocampal_atrophy": 0.1, "global_atrophy": 0.2, "n_lesions": 0, "site_index": 0,
+            "head_scale": 1.0}  # native space, in the template's own pose
+    still, a0 = render_subject(base, 4.0, seed=1, site_effects=False)
+    c0, v0 = brain_centroid_and_volume(still, a0)
+    moved, a1 = render_subject({**base, "shift_x_mm": 10.0, "shift_z_mm": -6.0,
+                                "head_scale": 0.9}, 4.0, seed=1, site_effects=False)
+    c1, v1 = brain_centroid_and_volume(moved, a1)
+    np.testing.assert_allclose(c1 - c0, [10.0, 0.0, -6.0], atol=2.0)
+    assert abs(v1 / v0 - 0.9**3) < 0.05
+    tilted, a2 = render_subject({**base, "rotation_x_deg": 10.0}, 4.0, seed=1,
+                                site_effects=False)
+    c2, v2 = brain_centroid_and_volume(tilted, a2)
+    np.testing.assert_allclose(c2, c0, atol=2.0)  # about the brain's own centre
+    assert abs(v2 / v0 - 1) < 0.03
+    assert still.shape == tilted.shape and not np.allclose(still, tilted, atol=0.2)
+
+
+def test_whole_head_sites_write_skull_and_scalp_others_a_brain() -> None:
+    """What the preprocessing must tell apart: a brain-extracted image (zero background, a
+    brain's volume) and a whole head (skull, scalp, noisy air)."""
+    from mediad.data.preprocess import looks_extracted
+
+    base = {"hippocampal_atrophy": 0.1, "global_atrophy": 0.2, "n_lesions": 1,
+            "site_index": 2, "head_scale": 0.95}
+    brain, ab = render_subject(base, 4.0, seed=3)
+    head, ah = render_subject({**base, "whole_head": True}, 4.0, seed=3)
+    assert looks_extracted(nib.Nifti1Image(brain, ab)) is not None
+    assert looks_extracted(nib.Nifti1Image(head, ah)) is None
+    assert head.size > brain.size  # the field of view holds the whole head
+
+
+def test_native_cohort_draws_poses_in_range_and_ids_carry_no_site() -> None:
+    f = draw_population(SimulationConfig(n_subjects=3000, seed=2))
+    rotation = f[[f"rotation_{a}_deg" for a in "xyz"]].to_numpy()
+    shift = f[[f"shift_{a}_mm" for a in "xyz"]].to_numpy()
+    assert np.abs(rotation).max() <= 10 and 2.5 < rotation.std() < 5
+    assert np.abs(shift).max() <= 12 and 3 < shift.std() < 6
+    assert f.head_scale.between(0.87, 1.05).all() and f.head_scale.std() > 0.02
+    share = f.groupby("site").whole_head.mean()
+    assert share["SITE-A"] == 0 and share["SITE-B"] == 0 and 0.09 < share["SITE-C"] < 0.21
+    assert f.subject_id.str.split("_S_").str[0].nunique() == 1  # no site in the id
+    flat = draw_population(SimulationConfig(n_subjects=50, seed=2, native_space=False))
+    assert (flat.head_scale == 1).all() and not flat.whole_head.any()
+
+
 @pytest.mark.slow
 def test_hippocampal_signal_in_written_images(tmp_path: Path) -> None:
     """In the files on disk (site effects, any orientation/dtype), CN > MCI > AD in the ROI."""
+    # on the template grid (native_space off), so the ROI is where the template puts it
     out = simulate_cohort(SimulationConfig(n_subjects=45, seed=5, spacing=4.0,
-                                           confounding=0.0), tmp_path / "c")
+                                           confounding=0.0, native_space=False),
+                          tmp_path / "c")
     m = pd.read_csv(out / "manifest.csv")
     ratios = []
     for p in m.mri_path:

@@ -78,7 +78,7 @@ def test_missing_modalities_still_predict(run: Path, tiny_cohort: Path) -> None:
 
 
 def test_resume_continues_identically(tiny_cohort: Path, tmp_path: Path) -> None:
-    cfg = tiny_train_config(tiny_cohort, tmp_path / "cache")
+    cfg = tiny_train_config(tiny_cohort)
     train(cfg, tmp_path / "straight", show_progress=False)
     train(cfg, tmp_path / "resumed", show_progress=False, max_epochs=2)
     assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 2
@@ -97,7 +97,7 @@ def test_resume_continues_identically(tiny_cohort: Path, tmp_path: Path) -> None
 
 def test_baselines_train(tiny_cohort: Path, tmp_path: Path) -> None:
     for kind in ("tabular", "concat", "cf_adversarial"):
-        cfg = tiny_train_config(tiny_cohort, tmp_path / "cache", kind=kind)
+        cfg = tiny_train_config(tiny_cohort, kind=kind)
         cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 1})})
         result = train(cfg, tmp_path / kind, show_progress=False)
         assert result.metrics["test"]["n"] > 0
@@ -108,7 +108,7 @@ def test_baselines_train(tiny_cohort: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(tiny_cohort: Path, tmp_path: Path) -> None:
-    cfg = tiny_train_config(tiny_cohort, tmp_path / "cache")
+    cfg = tiny_train_config(tiny_cohort)
     cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 2})})
     path = tmp_path / "train.yaml"
     path.write_text(cfg.to_yaml())
@@ -145,7 +145,7 @@ def test_bad_inputs_to_train_and_predict(run: Path, tiny_cohort: Path, tmp_path:
     with pytest.raises(InputError, match=r"model\.kind"):
         TrainConfig.from_yaml(bad)
     with pytest.raises(MediADError, match="already holds a run"):
-        train(tiny_train_config(tiny_cohort, tmp_path / "cache"), run, show_progress=False)
+        train(tiny_train_config(tiny_cohort), run, show_progress=False)
     flat = tmp_path / "slice.nii.gz"
     nib.save(nib.Nifti1Image(np.random.rand(32, 32).astype(np.float32), np.eye(4)), flat)
     with pytest.raises(ImageError, match="is a 2D image"):
