@@ -24,6 +24,7 @@ from mediad.data.imaging import load_volume
 from mediad.data.preprocess import _template
 from mediad.data.records import ClinicalRecord, load_manifest, load_records
 from mediad.engine.explain import saliency
+from mediad.engine.predictor import PreparedMRI
 from mediad.errors import MediADError
 from mediad.paths import data_dir
 from ui.common import (
@@ -66,8 +67,9 @@ def prepare(source: Upload | str, label: str) -> bool:
             if predictor is None:  # nothing to predict with: show the upload as it is
                 state["volume"], state["prepared"] = load_volume(path), None
                 return True
-            if predictor.preprocess is None:  # a model trained on MNI-space inputs
-                state["prepared"] = predictor.load_image(path)
+            if predictor.preprocess is None or state.get("mni_inputs"):  # MNI space already
+                state["prepared"] = PreparedMRI(load_volume(path,
+                                                            transforms=predictor.transforms))
                 state["volume"] = state["prepared"].tensor
                 return True
             cache = path.parent / "preprocessed" if isinstance(source, Upload) else None
@@ -160,6 +162,13 @@ left, right = st.columns(2)
 with left:
     st.subheader("MRI")
     mri = st.file_uploader("T1 MRI (NIfTI .nii or .nii.gz)", type=["nii", "gz"], key="mri_up")
+    mni = st.checkbox("Already brain-extracted and registered to MNI152 (skip preprocessing)",
+                      key="mni_inputs", help="Raw T1s (whole head, any pose) are extracted "
+                      "and registered first, as the model was trained; tick this only for "
+                      "volumes that went through such a pipeline already.")
+    if state.setdefault("mni_seen", mni) != mni:  # the same MRI, prepared the other way
+        state["mni_seen"] = mni
+        forget("prepared", "preview", "volume", "mri_error")
     token = upload_token(mri)
     if token != state.get("mri_token"):
         state["mri_token"] = token

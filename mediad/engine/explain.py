@@ -43,8 +43,9 @@ class _ImageToLogits(nn.Module):
         return self.model(batch).log_probs
 
 
-#: Occlusion defaults: a 16-voxel cube moved in steps of 8 on the 64³ grid (343 forward
-#: passes, about 15 s on 2 cores). An 8-voxel cube in steps of 4 took 276 s.
+#: Occlusion defaults: a 16-voxel cube moved in steps of 8: 343 forward passes on a 64³
+#: grid (about 15 s on 2 cores), 125 on the demo's 48³. An 8-voxel cube in steps of 4 took
+#: 276 s on 64³.
 OCCLUSION_MASK = 16
 OCCLUSION_OVERLAP = 0.5
 

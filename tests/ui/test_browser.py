@@ -101,8 +101,10 @@ def test_upload_sequences_predict_and_screenshot(server: str, app_data: Path,
         assert page.get_by_text("Deploy", exact=True).count() == 0
         mri_input = page.locator("input[type=file]").first
         mri_input.set_input_files(str(upload))
-        page.get_by_text("MRI loaded: scan.nii.gz.").wait_for(timeout=60_000)
+        page.get_by_text("MRI loaded: scan.nii.gz.").wait_for(timeout=180_000)  # preprocessing
         wait_idle(page)
+        # what preprocessing did is on the page: the outlines and the QC figures
+        page.get_by_text("Overlap with template").wait_for(timeout=60_000)
         page.get_by_role("tab", name="JSON file").click()
         page.locator("input[type=file]").nth(1).set_input_files(str(record))
         page.get_by_text("Record accepted.").first.wait_for(timeout=60_000)

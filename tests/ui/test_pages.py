@@ -283,3 +283,24 @@ def test_model_card(app_env: Path) -> None:
     shown = texts(at)
     assert "Research use only" in shown and "Intended use and limits" in shown
     assert "Not a medical device" in shown and "kind: mediad" in shown
+
+
+def test_raw_mri_shows_its_preprocessing_and_the_mni_switch_skips_it(app_env: Path) -> None:
+    """raw MRI -> preprocessing view with QC -> tick 'already in MNI space' -> the view goes,
+    the same MRI is still in use -> Predict uses it -> untick -> preprocessed again."""
+    at = page("patient")
+    uploader(at, "T1 MRI").set_value(("scan.nii.gz", mri_bytes(app_env),
+                                      "application/gzip")).run()
+    shown = texts(at)
+    assert "Preprocessing" in shown and "MRI loaded: scan.nii.gz." in shown
+    assert any(m.label == "Overlap with template" for m in at.metric)
+    assert "registration" in shown  # the steps that ran
+    switch = next(c for c in at.checkbox if c.label.startswith("Already brain-extracted"))
+    switch.check().run()
+    shown = texts(at)
+    assert "MRI loaded: scan.nii.gz." in shown and "Overlap with template" not in [
+        m.label for m in at.metric]
+    button(at, "Predict").click().run()
+    assert predicted(at)["inputs_used"]["mri"] is True and predicted(at)["image_qc"] is None
+    next(c for c in at.checkbox if c.label.startswith("Already brain-extracted")).uncheck().run()
+    assert any(m.label == "Overlap with template" for m in at.metric) and not at.exception
