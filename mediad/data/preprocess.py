@@ -433,11 +433,16 @@ class Preprocessd(MapTransform):
         return d
 
 
-def _preprocess_task(args: tuple[str, str, str | None]) -> str:
-    path, config_json, cache_dir = args
+def _worker_task(args: tuple[str, str, str | None]) -> str:
+    """In a worker process: one thread each, or workers x threads oversubscribe the cores."""
     import torch
 
     torch.set_num_threads(1)
+    return _preprocess_task(args)
+
+
+def _preprocess_task(args: tuple[str, str, str | None]) -> str:
+    path, config_json, cache_dir = args
     try:
         result = preprocess_file(path, PreprocessConfig.model_validate_json(config_json),
                                  cache_dir)
@@ -481,7 +486,7 @@ def preprocess_paths(paths: list[str], config: PreprocessConfig | None = None,
 
         ctx = multiprocessing.get_context("spawn")  # forking a started OpenMP runtime hangs
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            for task, raw in zip(tasks, pool.map(_preprocess_task, tasks), strict=True):
+            for task, raw in zip(tasks, pool.map(_worker_task, tasks), strict=True):
                 record(task[0], raw)
     else:
         for task in tasks:
