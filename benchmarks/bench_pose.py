@@ -24,7 +24,7 @@ def main() -> None:
     import pandas as pd
 
     from mediad.data.records import ClinicalRecord, load_manifest
-    from mediad.data.simulate import SITES, _store, render_subject
+    from mediad.data.simulate import SITES, render_subject, store_subject
     from mediad.engine.predictor import Predictor
     from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
     from tests.engine.test_pose import random_pose
@@ -53,7 +53,7 @@ def main() -> None:
                                                   for _ in range(args.poses)]):
                 volume, affine = render_subject(truth_i, spacing=3.0, seed=11)
                 path = Path(tmp) / f"{row.subject_id}-{i}.nii.gz"
-                _store(volume, affine, SITES[int(row.site_index)], path, site_storage=True)
+                store_subject(volume, affine, SITES[int(row.site_index)], path, site_storage=True)
                 paths.append(path)
             for name, predictor in predictors.items():
                 for inputs, rec in (("MRI only", None), ("MRI + record", record)):

@@ -33,7 +33,7 @@ def _row(name: str, path: Path, cache: Path) -> None:
 
 
 def main() -> None:
-    from mediad.data.simulate import SITES, _store, render_subject
+    from mediad.data.simulate import SITES, render_subject, store_subject
     from tests.data.test_preprocess import moved, robex_head
 
     print(f"{'input':<44} {'extraction':>11} {'registration':>13} {'total cold':>11} "
@@ -53,7 +53,7 @@ def main() -> None:
                 truth = {**base, "whole_head": whole_head}
                 volume, affine = render_subject(truth, 3.0, seed=seed)
                 path = folder / f"sim{whole_head}{seed}.nii.gz"
-                _store(volume, affine, SITES[2], path, site_storage=True)
+                store_subject(volume, affine, SITES[2], path, site_storage=True)
                 kind = "whole head" if whole_head else "brain-extracted"
                 _row(f"simulated 3 mm, {kind} ({seed})", path, folder / "cache")
 

@@ -21,7 +21,7 @@ import streamlit as st
 from pydantic import ValidationError
 
 from mediad.data.imaging import load_volume
-from mediad.data.preprocess import _template
+from mediad.data.preprocess import template_brain
 from mediad.data.records import ClinicalRecord, load_manifest, load_records
 from mediad.engine.explain import saliency
 from mediad.engine.predictor import PreparedMRI
@@ -88,7 +88,7 @@ def prepare(source: Upload | str, label: str) -> bool:
         except MediADError as exc:
             state["mri_error"] = show_error("This MRI cannot be used: ", exc, path, label)
             return False
-    template_mask = _template(predictor.preprocess.output_spacing)[1]
+    template_mask = template_brain(predictor.preprocess.output_spacing)[1]
     state["preview"] = {"raw": mid_planes(raw_data), "mask": mid_planes(mask),
                         "brain": mid_planes(brain), "template": mid_planes(template_mask),
                         "qc": result.qc}

@@ -66,6 +66,8 @@ _HOMES = {
     "scanner_augmentation": "transforms",
     "select_record": "records",
     "simulate_cohort": "simulate",
+    "store_subject": "simulate",
+    "template_brain": "preprocess",
     "to_adnimerge_row": "records",
     "validate_path": "validate",
 }

@@ -45,6 +45,7 @@ __all__ = [
     "preprocess_manifest",
     "preprocess_paths",
     "register_to_template",
+    "template_brain",
 ]
 
 #: Bumped whenever a change alters outputs, so cached results are recomputed.
@@ -227,6 +228,11 @@ def _coarse(image: Any, spacing: float) -> Any:
     return sitk.Resample(smooth, [int(x) for x in size], sitk.Transform(), sitk.sitkLinear,
                          image.GetOrigin(), [spacing] * 3, image.GetDirection(), 0.0,
                          sitk.sitkFloat32)
+
+
+def template_brain(spacing: float) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The MNI152 brain every input is registered to, and its mask, on a ``spacing`` grid."""
+    return _template(spacing)
 
 
 @lru_cache(maxsize=4)

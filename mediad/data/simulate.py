@@ -56,6 +56,7 @@ __all__ = [
     "output_grid",
     "render_subject",
     "simulate_cohort",
+    "store_subject",
 ]
 
 Shift = Literal["none", "removed", "reversed"]
@@ -409,7 +410,7 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
     return img, affine
 
 
-def _store(volume: np.ndarray, affine: np.ndarray, site: SiteProfile, path: Path,
+def store_subject(volume: np.ndarray, affine: np.ndarray, site: SiteProfile, path: Path,
            site_storage: bool) -> None:
     """Write as the site's scanner would: its scale, dtype and array orientation."""
     data = volume * site.scale
@@ -440,7 +441,7 @@ def _render_task(args: tuple[dict[str, Any], int, str, float, Any, bool]) -> str
         vol, aff = render_subject(truth, spacing, shape, seed)
     finally:
         torch.set_num_threads(threads)
-    _store(vol, aff, SITES[int(truth["site_index"])], Path(path), site_storage)
+    store_subject(vol, aff, SITES[int(truth["site_index"])], Path(path), site_storage)
     return path
 
 

@@ -16,7 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mediad.data.simulate import SITES, SimulationConfig, _store, render_subject, simulate_cohort
+from mediad.data.simulate import (
+    SITES,
+    SimulationConfig,
+    render_subject,
+    simulate_cohort,
+    store_subject,
+)
 from mediad.engine.predictor import Predictor
 from mediad.engine.trainer import train
 from tests.conftest import tiny_train_config
@@ -59,7 +65,7 @@ def write(truth: dict, path: Path) -> Path:
     # 3 mm, finer than the cohort: at 6 mm a moved brain's partial volumes differ so much
     # that it is no longer the same image
     volume, affine = render_subject(truth, spacing=3.0, seed=7)
-    _store(volume, affine, SITES[int(truth["site_index"])], path, site_storage=True)
+    store_subject(volume, affine, SITES[int(truth["site_index"])], path, site_storage=True)
     return path
 
 
