@@ -39,7 +39,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import ndimage
 
 from mediad.data.records import DIAGNOSES, ClinicalRecord, to_adnimerge_row
@@ -49,10 +49,12 @@ __all__ = [
     "HIPPOCAMPUS_CENTERS_MM",
     "SIMULATOR_VERSION",
     "SITES",
+    "UNSEEN_SITES",
     "SimulationConfig",
     "SiteProfile",
     "draw_population",
     "head_pose",
+    "load_site_profiles",
     "output_grid",
     "render_subject",
     "simulate_cohort",
@@ -72,32 +74,88 @@ VENTRICLES_CENTER_MM = (0.0, -8.0, 14.0)
 VENTRICLES_RADII_MM = (24.0, 34.0, 16.0)
 
 
-@dataclass(frozen=True)
-class SiteProfile:
-    """One site's recruitment bias and scanner; ``gamma[d]`` is the selection log-odds."""
+class SiteProfile(BaseModel):
+    """One site's recruitment bias and scanner; ``selection[d]`` is the selection log-odds.
 
-    name: str
-    description: str
-    selection: tuple[float, float, float]  # log-odds of recruiting a CN / MCI / AD subject
-    gamma: float  # contrast (power law on [0, 1] intensities)
-    blur_mm: float  # Gaussian blur sigma
-    noise: float  # Rician noise std, fraction of the intensity range
-    bias: float  # bias-field coefficient range
-    scale: float  # global intensity scale written on disk
-    orientation: str  # axis codes of the stored array
-    dtype: str  # on-disk dtype
-    whole_head: float = 0.0  # share of scans written as the whole head (skull, scalp, face);
-    # the others are the site's own brain extraction
+    A YAML file of these (``mediad simulate --sites FILE``) defines other scanners, e.g. one
+    that none of the training sites has.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=32)
+    description: str = ""
+    selection: tuple[float, float, float] = Field(
+        (0.0, 0.0, 0.0), description="Log-odds of recruiting a CN / MCI / AD subject.")
+    gamma: float = Field(1.0, gt=0.1, lt=5.0, description="Contrast: power law on [0, 1].")
+    blur_mm: float = Field(0.0, ge=0.0, le=8.0, description="Gaussian blur sigma, mm.")
+    noise: float = Field(0.02, ge=0.0, le=0.5, description="Rician noise std (fraction).")
+    bias: float = Field(0.2, ge=0.0, le=1.0, description="Bias-field coefficient range.")
+    scale: float = Field(1000.0, gt=0.0, le=1e6, description="Intensity scale on disk.")
+    orientation: str = Field("RAS", pattern=r"^(?:[RL][AP][SI]|[RL][SI][AP]|[AP][RL][SI]|"
+                             r"[AP][SI][RL]|[SI][RL][AP]|[SI][AP][RL])$",
+                             description="Axis codes of the stored array.")
+    dtype: Literal["float32", "float64", "int16", "uint16", "uint8", "int32"] = "float32"
+    whole_head: float = Field(0.0, ge=0.0, le=1.0, description="Share of scans written as "
+                              "the whole head (skull, scalp, face); the others are the "
+                              "site's own brain extraction.")
+
+
+def _site(name: str, description: str, selection: tuple[float, float, float], gamma: float,
+          blur_mm: float, noise: float, bias: float, scale: float, orientation: str,
+          dtype: str, whole_head: float = 0.0) -> SiteProfile:
+    return SiteProfile(name=name, description=description, selection=selection, gamma=gamma,
+                       blur_mm=blur_mm, noise=noise, bias=bias, scale=scale,
+                       orientation=orientation, dtype=dtype, whole_head=whole_head)
 
 
 SITES: tuple[SiteProfile, ...] = (
-    SiteProfile("SITE-A", "memory clinic, 3T", (-2.0, 0.5, 2.0), 0.70, 0.0, 0.015, 0.15,
-                1000.0, "RAS", "float32"),
-    SiteProfile("SITE-B", "community study, 1.5T", (2.0, 0.0, -2.0), 1.40, 2.0, 0.04, 0.30,
-                3000.0, "LPS", "int16"),
-    SiteProfile("SITE-C", "general hospital, 1.5T", (0.0, 0.5, 0.0), 1.00, 1.2, 0.03, 0.20,
-                255.0, "PIR", "uint8", whole_head=0.15),
+    _site("SITE-A", "memory clinic, 3T", (-2.0, 0.5, 2.0), 0.70, 0.0, 0.015, 0.15,
+          1000.0, "RAS", "float32"),
+    _site("SITE-B", "community study, 1.5T", (2.0, 0.0, -2.0), 1.40, 2.0, 0.04, 0.30,
+          3000.0, "LPS", "int16"),
+    _site("SITE-C", "general hospital, 1.5T", (0.0, 0.5, 0.0), 1.00, 1.2, 0.03, 0.20,
+          255.0, "PIR", "uint8", whole_head=0.15),
 )
+#: A scanner none of the default sites has (the ablation's "unseen scanner" cohort): a
+#: different vendor's 3T sequence, darker grey matter, sharper, a stronger bias field.
+UNSEEN_SITES: tuple[SiteProfile, ...] = (
+    _site("SITE-X", "new vendor, 3T (unseen)", (0.0, 0.0, 0.0), 0.50, 0.5, 0.025, 0.40,
+          4095.0, "LAS", "int16", whole_head=0.0),
+)
+
+
+def load_site_profiles(path: str | Path) -> tuple[SiteProfile, ...]:
+    """Scanner profiles from YAML: a list of :class:`SiteProfile` fields, or ``{sites: [...]}``.
+
+    Raises:
+        MediADError: missing file, bad YAML, or a profile with an unknown or invalid field
+            (named with its position and site).
+    """
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MediADError(f"{p}: site profile file not found") from None
+    except yaml.YAMLError as exc:
+        raise MediADError(f"{p}: not valid YAML ({exc})") from None
+    items = raw.get("sites") if isinstance(raw, dict) else raw
+    if not isinstance(items, list) or not items:
+        raise MediADError(f"{p}: expected a list of site profiles (or 'sites: [...]'), got "
+                          f"{type(items).__name__}")
+    profiles = []
+    for i, item in enumerate(items, 1):
+        try:
+            profiles.append(SiteProfile.model_validate(item))
+        except ValidationError as exc:
+            name = item.get("name", "?") if isinstance(item, dict) else "?"
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors())
+            raise MediADError(f"{p}: site profile {i} ({name}): {problems}") from None
+    names = [s.name for s in profiles]
+    if len(set(names)) != len(names):
+        raise MediADError(f"{p}: site names must be unique, got {names}")
+    return tuple(profiles)
 #: Head pose in native space: rotation sd (degrees) and limit, log head scale mean and sd
 #: with its limits (MNI152 brains are larger than most native ones), shift sd and limit (mm).
 POSE_ROTATION_DEG = (4.0, 10.0)
@@ -112,7 +170,14 @@ class SimulationConfig(BaseModel):
 
     n_subjects: int = Field(200, ge=3, le=100_000)
     confounding: float = Field(0.8, ge=0.0, le=1.0, description="Site-diagnosis selection bias.")
-    shift: Shift = Field("none", description="none, or S-D and age-D links removed/reversed.")
+    shift: Shift = Field("none", description="none, or S-D and age-D links removed/reversed "
+                         "(both axes; site_shift / age_shift set one each).")
+    site_shift: Shift | None = Field(None, description="The site-diagnosis link alone "
+                                     "(default: as shift).")
+    age_shift: Shift | None = Field(None, description="The age-diagnosis link alone "
+                                    "(default: as shift).")
+    sites: tuple[SiteProfile, ...] | None = Field(
+        None, description="Scanner profiles (default: SITE-A/B/C); see load_site_profiles.")
     seed: int = Field(0, ge=0)
     spacing: float = Field(3.0, ge=1.0, le=8.0, description="Isotropic output voxel size, mm.")
     shape: tuple[int, int, int] | None = Field(
@@ -131,14 +196,29 @@ class SimulationConfig(BaseModel):
                                 "one; keeps ids of cohorts that will be compared disjoint.")
 
 
+    @property
+    def site_profiles(self) -> tuple[SiteProfile, ...]:
+        return self.sites or SITES
+
+    @property
+    def site_link(self) -> Shift:
+        return self.site_shift or self.shift
+
+    @property
+    def age_link(self) -> Shift:
+        return self.age_shift or self.shift
+
+
 # ---------------------------------------------------------------------------------------
 # Population (everything but the image)
 
+_SIGN = {"none": 1.0, "removed": 0.0, "reversed": -1.0}
+AGE_COEFFICIENT = 0.8  # diagnosis log-odds per 7 years of age
+
 
 def _selection_logits(cfg: SimulationConfig) -> np.ndarray:
-    sel = np.array([s.selection for s in SITES])  # (site, diagnosis)
-    sign = {"none": 1.0, "removed": 0.0, "reversed": -1.0}[cfg.shift]
-    return sign * cfg.confounding * sel
+    sel = np.array([s.selection for s in cfg.site_profiles])  # (site, diagnosis)
+    return _SIGN[cfg.site_link] * cfg.confounding * sel
 
 
 def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
@@ -161,7 +241,7 @@ def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
                        + 0.2 * smoking + rng.normal(0, 0.35, n), 0, None)
 
     # D <- age, APOE4 (ordinal logit). The shifted cohorts remove / reverse the age link.
-    age_coef = {"none": 0.8, "removed": 0.0, "reversed": -0.8}[cfg.shift]
+    age_coef = _SIGN[cfg.age_link] * AGE_COEFFICIENT
     severity = age_coef * (age - 73) / 7 + 0.9 * apoe4 + rng.logistic(0, 1, n)
     dx = np.digitize(severity, [0.2, 1.7])  # 0 CN, 1 MCI, 2 AD
 
@@ -193,7 +273,7 @@ def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
         # nor a file name may tell a model which scanner a subject came from
         "subject_id": [f"{SIMULATED_SITE_CODE}_S_{cfg.subject_offset + i + 1:04d}"
                        for i in range(n)],
-        "visit": "bl", "site": [SITES[s].name for s in site], "site_index": site,
+        "visit": "bl", "site": [cfg.site_profiles[s].name for s in site], "site_index": site,
         "diagnosis": np.array(DIAGNOSES)[dx], "age": age, "sex": sex,
         "education_years": education, "apoe4": apoe4, "hypertension": hypertension,
         "diabetes": diabetes, "smoking": smoking, "bmi": bmi, "mmse": mmse, "cdr_sb": cdr_sb,
@@ -220,7 +300,7 @@ def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
         frame[f"rotation_{axis}_deg"] = rotation[:, i].round(2)
         frame[f"shift_{axis}_mm"] = shift[:, i].round(2)
     frame["head_scale"] = head_scale.round(4)
-    share = np.array([SITES[s].whole_head for s in site])
+    share = np.array([cfg.site_profiles[s].whole_head for s in site])
     frame["whole_head"] = (pose.random(n) < share) & cfg.native_space
     notes = np.array([None, "Lives independently.", "Attended with a family member.",
                       "Reports poor sleep.", "Hearing aid in use."], dtype=object)
@@ -323,7 +403,8 @@ def head_pose(truth: dict[str, Any]) -> np.ndarray:
 
 def render_subject(truth: dict[str, Any], spacing: float = 3.0,
                    shape: tuple[int, int, int] | None = None, seed: int = 0,
-                   site_effects: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   site_effects: bool = True, site: SiteProfile | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Render one T1 volume (RAS, float32, intensities ~[0, 1]) from a subject's causes.
 
     Args:
@@ -336,6 +417,7 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
         seed: seed of this subject's own RNG (lesion placement, site jitter, noise).
         site_effects: apply the site's scanner (contrast, blur, bias, noise); off, the
             image carries only the anatomical causes.
+        site: the scanner (default: ``SITES[truth["site_index"]]``).
 
     Returns:
         ``(volume, affine)`` with the volume in RAS orientation.
@@ -393,7 +475,7 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
         t1 = t1 + np.clip(sample(tpl.head, world) / top, 0.0, 1.2).astype(np.float32)
     if not site_effects:
         return t1, affine
-    site = SITES[int(truth["site_index"])]
+    site = site or SITES[int(truth["site_index"])]
     jitter = np.exp(rng.normal(0.0, 0.06, 4))
     img = t1[None]
     img = AdjustContrast(gamma=site.gamma * jitter[0])(img)
@@ -429,19 +511,20 @@ def store_subject(volume: np.ndarray, affine: np.ndarray, site: SiteProfile, pat
     nib.save(img, str(path))
 
 
-def _render_task(args: tuple[dict[str, Any], int, str, float, Any, bool]) -> str:
+def _render_task(args: tuple[dict[str, Any], int, str, float, Any, bool, SiteProfile]) -> str:
     import torch
 
-    truth, seed, path, spacing, shape, site_storage = args
+    # the profile travels with the task: spawned workers see no module state of the parent
+    truth, seed, path, spacing, shape, site_storage, site = args
     # One torch thread: multi-threaded reductions round differently, and the same seed
     # must give byte-identical files whatever the number of workers.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        vol, aff = render_subject(truth, spacing, shape, seed)
+        vol, aff = render_subject(truth, spacing, shape, seed, site=site)
     finally:
         torch.set_num_threads(threads)
-    store_subject(vol, aff, SITES[int(truth["site_index"])], Path(path), site_storage)
+    store_subject(vol, aff, site, Path(path), site_storage)
     return path
 
 
@@ -516,7 +599,7 @@ def _card(cfg: SimulationConfig, stats: dict[str, Any], seconds: float) -> str:
         f"| {s.name} | {s.description} | {', '.join(f'{v:+.1f}' for v in s.selection)} | "
         f"{s.gamma} | {s.blur_mm} | {s.noise} | {s.bias} | {s.orientation} {s.dtype} | "
         f"{s.whole_head:.0%} |"
-        for s in SITES)
+        for s in cfg.site_profiles)
     counts = "\n".join(f"| {s} | " + " | ".join(str(row[d]) for d in DIAGNOSES) + " |"
                        for s, row in stats["site_by_diagnosis"].items())
     means = "\n".join(f"| {d} | " + " | ".join(f"{v:.3f}" if v is not None else "-"
@@ -540,10 +623,10 @@ visit each; built in {seconds:.1f} s.
 
 ## Mechanisms
 - Diagnosis D from age and APOE4 (ordinal logit; age coefficient
-  {dict(none=0.8, removed=0.0, reversed=-0.8)[cfg.shift]:+.1f} per 7 years, APOE4 +0.9 per
-  allele).
-- Site S by selection bias, P(S | D) ∝ exp(confounding · γ[S, D]); `shift={cfg.shift}`
-  multiplies γ by {dict(none=1, removed=0, reversed=-1)[cfg.shift]}.
+  {_SIGN[cfg.age_link] * AGE_COEFFICIENT:+.1f} per 7 years (age link: {cfg.age_link}),
+  APOE4 +0.9 per allele).
+- Site S by selection bias, P(S | D) ∝ exp(confounding · γ[S, D]); the site link
+  ({cfg.site_link}) multiplies γ by {_SIGN[cfg.site_link]:g}.
 - Image ← D: hippocampal shrink (radial deformation) and medial-temporal grey-matter loss,
   factor ≈ 0 / 0.13 / 0.26 for CN / MCI / AD (+0.004 per year of age, sd 0.05).
 - Image ← age: cortical grey-matter loss and ventricle enlargement, 0.012 per year over 55.
@@ -630,7 +713,7 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool 
         (work / "images").mkdir()
         rel = [f"images/sub-{s}_ses-bl_T1w.nii.gz" for s in frame["subject_id"]]
         tasks = [(row._asdict(), int(seed), str(work / r), cfg.spacing, cfg.shape,
-                  cfg.site_storage)
+                  cfg.site_storage, cfg.site_profiles[int(row.site_index)])
                  for row, seed, r in zip(frame.itertuples(index=False), seeds, rel, strict=True)]
         if cfg.workers > 1:
             # spawn, not fork: forking a process whose OpenMP runtime has started can hang
@@ -646,7 +729,7 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool 
                 if progress:
                     progress(i + 1, len(tasks))
         frame["mri_path"] = rel
-        _write_tables(frame, work)
+        _write_tables(frame, work, cfg.site_profiles)
         stats = cohort_statistics(frame, cfg.seed)
         seconds = time.perf_counter() - started
         data_cfg = cfg.model_dump(mode="json", exclude={"workers"})  # no effect on the data
@@ -669,7 +752,7 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool 
 _RECORD_COLUMNS = [f for f in ClinicalRecord.model_fields]
 
 
-def _write_tables(frame: pd.DataFrame, folder: Path) -> None:
+def _write_tables(frame: pd.DataFrame, folder: Path, sites: tuple[SiteProfile, ...]) -> None:
     records = [ClinicalRecord(**{k: _py(row.get(k)) for k in _RECORD_COLUMNS})
                for row in frame.to_dict("records")]
     adni = pd.DataFrame([to_adnimerge_row(r, int(r.subject_id.split("_S_")[1]))
@@ -686,7 +769,7 @@ def _write_tables(frame: pd.DataFrame, folder: Path) -> None:
     truth.columns = [c.removeprefix("true_") for c in truth.columns]
     for col in ("hypertension", "diabetes", "smoking", "whole_head"):
         truth[col] = truth[col].astype(int)
-    site = {s.name: s for s in SITES}
+    site = {s.name: s for s in sites}
     for attr in ("gamma", "blur_mm", "noise", "bias", "orientation", "dtype"):
         truth[f"site_{attr}"] = [getattr(site[s], attr) for s in frame["site"]]
     truth.to_csv(folder / "ground_truth.csv", index=False)

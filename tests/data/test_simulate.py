@@ -65,6 +65,73 @@ def test_shift_reverses_or_removes_site_and_age_links() -> None:
             assert abs(site_gap) < 0.08 and abs(age_corr) < 0.05, (shift, site_gap, age_corr)
 
 
+@pytest.mark.parametrize(("site_shift", "age_shift"), [("reversed", "none"),
+                                                      ("none", "reversed"),
+                                                      ("removed", "reversed")])
+def test_shift_axes_move_independently(site_shift: str, age_shift: str) -> None:
+    """site_shift and age_shift each move one link; --confounding keeps its meaning."""
+    codes = {"CN": 0, "MCI": 1, "AD": 2}
+    f = draw_population(SimulationConfig(n_subjects=4000, confounding=0.8, seed=11,
+                                         site_shift=site_shift, age_shift=age_shift))
+    site_gap = p_ad(f, "SITE-A") - p_ad(f, "SITE-B")
+    age_corr = np.corrcoef(f.age, f.diagnosis.map(codes))[0, 1]
+    sign = {"none": 1, "removed": 0, "reversed": -1}
+    for value, which, big in ((site_gap, site_shift, 0.3), (age_corr, age_shift, 0.15)):
+        if sign[which]:
+            assert sign[which] * value > big, (site_shift, age_shift, site_gap, age_corr)
+        else:
+            assert abs(value) < 0.08, (site_shift, age_shift, site_gap, age_corr)
+
+
+SCANNERS = """
+sites:
+  - name: SITE-Q
+    description: a scanner of our own
+    selection: [0, 0, 0]
+    gamma: 0.5
+    noise: 0.0
+    bias: 0.0
+    scale: 100
+    orientation: LAS
+    dtype: uint16
+  - {name: SITE-R, gamma: 1.8, blur_mm: 1.0, dtype: int16, orientation: PIR}
+"""
+
+
+def test_site_profiles_from_yaml_reach_the_workers(tmp_path: Path) -> None:
+    """A cohort from user-defined scanners, rendered in two spawned workers: every file is
+    written as its own scanner writes (dtype, orientation) and only those sites appear."""
+    path = tmp_path / "scanners.yaml"
+    path.write_text(SCANNERS)
+    sites = simulate.load_site_profiles(path)
+    assert [s.name for s in sites] == ["SITE-Q", "SITE-R"] and sites[0].gamma == 0.5
+    out = simulate_cohort(SimulationConfig(n_subjects=6, seed=4, spacing=8.0, sites=sites,
+                                           workers=2, native_space=False), tmp_path / "c")
+    truth = pd.read_csv(out / "ground_truth.csv")
+    assert set(truth.site) <= {"SITE-Q", "SITE-R"}
+    for row in truth.itertuples():
+        img = nib.load(out / "images" / f"sub-{row.subject_id}_ses-bl_T1w.nii.gz")
+        profile = sites[0] if row.site == "SITE-Q" else sites[1]
+        assert str(img.get_data_dtype()) == profile.dtype
+        assert "".join(nib.aff2axcodes(img.affine)) == profile.orientation
+    assert "SITE-Q" in (out / "dataset_card.md").read_text()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("sites: []", "expected a list"),
+    ("- {name: A, gamma: -1}", "site profile 1 (A): gamma"),
+    ("- {name: A}\n- {name: B, colour: red}", "site profile 2 (B): colour"),
+    ("- {name: A}\n- {name: A}", "unique"),
+    ("- {name: A, orientation: XYZ}", "orientation"),
+    ("[unclosed", "not valid YAML"),
+])
+def test_bad_site_profiles_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(MediADError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        simulate.load_site_profiles(path)
+
+
 def test_shift_keeps_the_causal_mechanisms() -> None:
     """Image factors depend on D and age the same way in the shifted cohort."""
     coefs = []
