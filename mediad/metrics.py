@@ -25,6 +25,7 @@ __all__ = [
     "classification_report",
     "expected_calibration_error",
     "paired_bootstrap",
+    "site_balanced_accuracy",
     "subject_resamples",
 ]
 
@@ -38,6 +39,32 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(balanced_accuracy_score(y, pred))
+
+
+def site_balanced_accuracy(y: np.ndarray, pred: np.ndarray, sites: np.ndarray) -> float:
+    """Balanced accuracy as if every class came from every site in the same proportion.
+
+    Each class's recall is averaged over the sites that have it, weighted by the sites'
+    overall frequency P(s), instead of by P(s | class). A site shortcut earns recall only
+    where a class is common, so it scores no better here than a guess; a model that reads
+    the disease scores the same at every site. Unknown sites (-1) form one group. This is
+    the score checkpoint selection uses, so the epoch that leans on the site most is not
+    the one kept.
+    """
+    y, pred, sites = np.asarray(y), np.asarray(pred), np.asarray(sites)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    groups, counts = np.unique(sites, return_counts=True)
+    p_site = dict(zip(groups.tolist(), (counts / counts.sum()).tolist(), strict=True))
+    recalls = []
+    for c in np.unique(y):
+        num = den = 0.0
+        for g in np.unique(sites[y == c]):
+            rows = (y == c) & (sites == g)
+            num += p_site[g] * float((pred[rows] == c).mean())
+            den += p_site[g]
+        recalls.append(num / den)
+    return float(np.mean(recalls))
 
 
 def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 15) -> float:

@@ -61,6 +61,14 @@ def tiny_run(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
+def in_distribution_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """New subjects drawn like the tiny cohort (another seed, disjoint ids)."""
+    out = tmp_path_factory.mktemp("cohort") / "in-distribution"
+    return simulate_cohort(SimulationConfig(n_subjects=20, seed=5, spacing=6.0,
+                                            subject_offset=7000), out)
+
+
+@pytest.fixture(scope="session")
 def held_out_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """New subjects (ids disjoint from the tiny cohort), site and age links reversed."""
     out = tmp_path_factory.mktemp("cohort") / "held-out"

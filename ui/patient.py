@@ -24,7 +24,7 @@ from mediad.data.imaging import load_volume
 from mediad.data.preprocess import template_brain
 from mediad.data.records import ClinicalRecord, load_manifest, load_records
 from mediad.engine.explain import saliency
-from mediad.engine.predictor import PreparedMRI
+from mediad.engine.predictor import CONFIDENT, PreparedMRI
 from mediad.errors import MediADError
 from mediad.paths import data_dir
 from ui.common import (
@@ -304,28 +304,38 @@ if st.button("Predict", type="primary", disabled=not (record or mri_in)):
 if not (record or mri_in):
     st.info("Load a demo subject, or give an MRI and/or a record, then press Predict.")
 
+def prob_text(p: float) -> str:
+    """A probability as a person should read it: never 1.00 or 0.00."""
+    return "> 0.99" if p > 0.99 else ("< 0.01" if p < 0.01 else f"{p:.2f}")
+
+
 pred = state.get("prediction")
 if pred is not None:
     st.subheader("Probabilities")
-    table = pd.DataFrame({"with causal intervention": pred.probabilities,
-                          "intervention switched off": pred.probabilities_intervention_off})
+    shown = {c: min(max(p, 0.01), 0.99) for c, p in pred.probabilities.items()}
     c1, c2 = st.columns([2, 1])
-    fig, ax = plt.subplots(figsize=(6, 2.6))
-    table.plot.barh(ax=ax, xlim=(0, 1), color=["#b22222", "#9ab"])
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    pd.Series(shown).plot.barh(ax=ax, xlim=(0, 1), color="#b22222")
     ax.invert_yaxis()
-    ax.set_xlabel("probability")
+    ax.set_xlabel("probability" + (" (calibrated)" if pred.calibrated else ""))
     c1.pyplot(fig)
     plt.close(fig)
-    c1.dataframe(table.style.format("{:.3f}"), width="stretch")
+    c1.dataframe(pd.DataFrame({"probability": [prob_text(p) for p in
+                                               pred.probabilities.values()]},
+                              index=list(pred.probabilities)), width="stretch")
     top = max(pred.probabilities.values())
-    entropy = -sum(p * np.log(p) for p in pred.probabilities.values() if p > 0)
-    c2.metric("Suggestion", pred.predicted, f"p = {top:.2f}")
-    c2.caption(f"Without the intervention: {pred.predicted_intervention_off}. Entropy "
-               f"{entropy:.2f} nats (max {np.log(len(pred.classes)):.2f}).")
-    if top < 0.6:
-        c2.warning("Uncertain: no class reaches 0.6.")
-    c2.caption("Trained on synthetic data: these are not calibrated clinical risks.")
+    c2.metric("Suggestion", pred.predicted, prob_text(top), delta_color="off")
+    if pred.flags:
+        c2.error(pred.uncertainty)
+    elif top < CONFIDENT:
+        c2.warning(pred.uncertainty)
+    else:
+        c2.info(pred.uncertainty)
+    c2.caption("Trained on synthetic data: not a clinical risk, even when calibrated.")
     used = pred.inputs_used
+    if used["mri"] != used["record"]:
+        st.warning(f"This answer rests on the {'MRI' if used['mri'] else 'record'} alone: "
+                   f"the {'record' if used['mri'] else 'MRI'} was not given.")
     st.write("**Inputs used:** " + ", ".join(k for k in ("mri", "record") if used[k]).replace(
         "mri", "MRI") + (f"; label-defining fields: {', '.join(used['label_defining_fields_used'])}"
                          if used["label_defining_fields_used"] else ""))

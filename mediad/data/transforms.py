@@ -35,25 +35,56 @@ class MaybeImaged(MapTransform):
         return d
 
 
-def scanner_augmentation(key: str = "image") -> Compose:
+def scanner_augmentation(key: str = "image", lower_percentile: float = 0.5,
+                         upper_percentile: float = 99.5) -> Compose:
     """Interventional augmentation: randomise the scanner (S -> image) during training.
 
-    Contrast, blur, bias field and noise are the mechanisms a site changes; drawing them at
-    random cuts their link to the label (an intervention on S), for any model variant.
+    Contrast, resolution and blur, bias field and noise are the mechanisms a site changes;
+    drawing them at random, over ranges wider than the training sites span, cuts their link
+    to the label (an intervention on S) and covers scanners none of the sites has. The
+    result is normalised exactly as evaluation normalises (the ingest's robust percentile
+    scaling with its percentiles), so a model never sees a normalisation only training has.
+
+    Args:
+        key: the image key.
+        lower_percentile: the ingest's lower percentile (``ImagingConfig``).
+        upper_percentile: the ingest's upper percentile.
     """
     from monai.transforms import (
         RandAdjustContrastd,
         RandBiasFieldd,
         RandGaussianNoised,
         RandGaussianSmoothd,
-        ScaleIntensityd,
+        RandSimulateLowResolutiond,
+        ScaleIntensityRangePercentilesd,
     )
 
     return Compose([
-        RandAdjustContrastd(key, prob=0.8, gamma=(0.6, 1.6)),
+        _MarkBackground(key),
+        RandAdjustContrastd(key, prob=0.9, gamma=(0.45, 2.2)),
+        RandSimulateLowResolutiond(key, prob=0.3, zoom_range=(0.5, 0.9)),
         RandGaussianSmoothd(key, prob=0.5, sigma_x=(0.0, 1.0), sigma_y=(0.0, 1.0),
                             sigma_z=(0.0, 1.0)),
-        RandBiasFieldd(key, prob=0.5, coeff_range=(0.0, 0.3)),
-        RandGaussianNoised(key, prob=0.5, std=0.04),
-        ScaleIntensityd(key, minv=0.0, maxv=1.0),
+        RandBiasFieldd(key, prob=0.6, coeff_range=(0.0, 0.45)),
+        RandGaussianNoised(key, prob=0.6, std=0.05),
+        _MarkBackground(key, restore=True),
+        ScaleIntensityRangePercentilesd(key, lower=lower_percentile, upper=upper_percentile,
+                                        b_min=0.0, b_max=1.0, clip=True),
     ])
+
+
+class _MarkBackground:
+    """Remember where the image is exactly 0 (outside the registered brain), then zero it
+    again after noise and blur: evaluation never sees noise outside the brain."""
+
+    def __init__(self, key: str, restore: bool = False) -> None:
+        self.key, self.restore = key, restore
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        tag = f"{self.key}_background"
+        if self.restore:
+            d[self.key] = d[self.key] * ~d.pop(tag)
+        else:
+            d[tag] = d[self.key] <= 0
+        return d

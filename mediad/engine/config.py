@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -44,6 +45,13 @@ class OptimConfig(BaseModel):
     min_epochs: int = Field(8, ge=1, description="No early stop before this epoch (image "
                             "features often start to learn only after a few epochs).")
     class_weighting: bool = True
+    site_balance: bool = Field(
+        True, description="Weight training samples to the site-balanced distribution "
+        "P(site) P(diagnosis), where the manifest records sites (training only).")
+    selection: Literal["site_balanced", "balanced"] = Field(
+        "site_balanced", description="Checkpoint selection score on validation: balanced "
+        "accuracy with every site weighted alike per class (does not reward a site "
+        "shortcut), or plain balanced accuracy.")
     modality_dropout: float = Field(
         0.3, ge=0.0, lt=1.0, description="Chance that each input (MRI, summary, record "
         "fields) is hidden from a training sample, so that MRI-only and record-only "

@@ -1,5 +1,6 @@
-"""One subject in, a prediction out: probabilities with and without the intervention, the
-summary and its provenance, and exactly which inputs were used.
+"""One subject in, a prediction out: calibrated probabilities, whether the answer can be
+trusted (quality and out-of-distribution flags, with reasons), the summary and its
+provenance, and exactly which inputs were used.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pydantic import BaseModel
 from mediad import RESEARCH_NOTICE
 from mediad.data.imaging import build_transforms, load_volume
 from mediad.data.preprocess import PreprocessResult, preprocess_file, preprocess_paths
+from mediad.data.quality import TissueContrast, t1_contrast, tissue_maps
 from mediad.data.records import LABEL_DEFINING_FIELDS, ClinicalRecord
+from mediad.engine.calibration import OOD_MARGIN, OOD_PERCENTILE, Calibration, input_pattern
 from mediad.engine.checkpoint import load_checkpoint
 from mediad.engine.config import TrainConfig, cache_root
 from mediad.engine.samples import build_samples, make_summarizer
@@ -24,7 +27,7 @@ from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import MultimodalNet, TabularBaseline, build_model
 from mediad.summarize import Summarizer
 
-__all__ = ["Prediction", "Predictor", "PreparedMRI"]
+__all__ = ["CONFIDENT", "Prediction", "Predictor", "PreparedMRI"]
 
 
 class PreparedMRI(NamedTuple):
@@ -37,14 +40,27 @@ class PreparedMRI(NamedTuple):
 
 
 
+#: Below this calibrated top probability an answer is called uncertain.
+CONFIDENT = 0.6
+
+
 class Prediction(BaseModel):
-    """What ``mediad predict`` returns (no identifier beyond what the caller passed)."""
+    """What ``mediad predict`` returns (no identifier beyond what the caller passed).
+
+    ``probabilities`` are calibrated for the input pattern (``calibrated``); ``flags`` give
+    every reason not to rely on the answer (image quality, contrast, distance from the
+    training data), and ``uncertainty`` says in words how far it can be trusted.
+    """
 
     classes: list[str]
     probabilities: dict[str, float]
     predicted: str
-    probabilities_intervention_off: dict[str, float]
-    predicted_intervention_off: str
+    calibrated: bool = False
+    input_pattern: str = ""
+    flags: list[str] = []
+    out_of_distribution: bool = False
+    ood_distance: float | None = None
+    uncertainty: str = ""
     inputs_used: dict[str, Any]
     summary: str | None
     summary_provenance: dict[str, Any] | None
@@ -77,6 +93,10 @@ class Predictor:
         mc = self.config.model
         self.model = build_model(mc, self.config.data.imaging.shape)
         self.model.load_state_dict(self.ck["model_state"])
+        # fitted after training (temperatures, training feature distribution); checkpoints
+        # made before calibration existed predict uncalibrated, and say so
+        self.calibration = (Calibration.model_validate(self.ck["calibration"])
+                            if self.ck.get("calibration") else None)
         if isinstance(self.model, MultimodalNet):
             self.model.to(self.device).eval()
         self.use_image, self.use_text = mc.inputs
@@ -140,6 +160,32 @@ class Predictor:
         Raises:
             MediADError: an item with nothing to predict from, or an unusable MRI (named).
         """
+        run = self._run(items)
+        patterns = [input_pattern(use, record is not None)
+                    for use, (_, record) in zip(run["use_mri"], items, strict=True)]
+        log_p = run["log_p"]
+        ood: list[tuple[float, float] | None] = [None] * len(items)
+        if self.calibration is not None:
+            log_p = self.calibration.calibrate(log_p, patterns)
+            ood = self.calibration.out_of_distribution(run["readout"], patterns)
+        return [self._prediction(mri, record, use, summary, sample, lp, qc, pattern, far, ct)
+                for (mri, record), use, summary, sample, lp, qc, pattern, far, ct in zip(
+                    items, run["use_mri"], run["summaries"], run["samples"], log_p,
+                    run["qc"], patterns, ood, run["contrast"], strict=True)]
+
+    def readout(self, items: list[tuple[str | Path | PreparedMRI | None,
+                                        ClinicalRecord | None]]) -> np.ndarray:
+        """The features each item's label is read from (the mediator for MediAD), for
+        audits such as a linear site probe; ``(N, D)``.
+
+        Raises:
+            MediADError: as :meth:`predict_many`, or for the tabular baseline.
+        """
+        if isinstance(self.model, TabularBaseline):
+            raise MediADError("the tabular baseline has no learned features")
+        return self._run(items)["readout"]
+
+    def _run(self, items: list[tuple[Any, ClinicalRecord | None]]) -> dict[str, Any]:
         mc = self.config.model
         tabular_model = isinstance(self.model, TabularBaseline)
         for mri, record in items:
@@ -156,11 +202,13 @@ class Predictor:
         samples = build_samples(records, [None] * len(items), self.classes,
                                 self.summarizer if self.use_text else None, self.embedder,
                                 mc.tabular_fields)
+        readout = None
         if tabular_model:
             x = np.stack([np.where(s["tab_mask"] > 0, s["tab_values"], np.nan)
                           for s in samples])
-            log_p = log_off = self.model.predict_log_proba(x)
+            log_p = self.model.predict_log_proba(x)
             qcs = [None] * len(items)
+            loaded = []
         else:
             blank = torch.zeros((1, *self.config.data.imaging.shape))
             loaded = [self.load_image(m) if use else PreparedMRI(blank)
@@ -174,27 +222,60 @@ class Predictor:
             with torch.inference_mode():
                 out = self.model({k: v.to(self.device) for k, v in batch.items()})
             log_p = out.log_probs.float().cpu().numpy()
-            log_off = out.log_probs_off.float().cpu().numpy()
-        return [self._prediction(mri, record, use, summary, sample, lp, lo, qc)
-                for (mri, record), use, summary, sample, lp, lo, qc in zip(
-                    items, use_mri, summaries, samples, log_p, log_off, qcs, strict=True)]
+            if out.readout is not None:
+                readout = out.readout.float().cpu().numpy()
+        contrast = [self.contrast(p.tensor) if (use and p.preprocessed is not None) else None
+                    for p, use in zip(loaded, use_mri, strict=True)] if not tabular_model else (
+            [None] * len(items))
+        return {"use_mri": use_mri, "summaries": summaries, "samples": samples,
+                "log_p": log_p, "qc": qcs, "readout": readout, "contrast": contrast}
+
+    def contrast(self, image: torch.Tensor) -> TissueContrast | None:
+        """White matter, grey matter and CSF intensity of a registered network input (only
+        preprocessed inputs share the template's grid, where the tissue maps hold)."""
+        pre = self.preprocess
+        if pre is None or not pre.registration:
+            return None
+        imaging = self.config.data.imaging
+        return t1_contrast(image, tissue_maps(tuple(imaging.spacing), tuple(imaging.shape),
+                                              pre.output_spacing))
 
     def _prediction(self, mri: Any, record: ClinicalRecord | None, use_mri: bool,
                     summary: Any, sample: dict[str, Any], log_p: np.ndarray,
-                    log_off: np.ndarray, qc: dict[str, Any] | None) -> Prediction:
+                    qc: dict[str, Any] | None, pattern: str,
+                    ood: tuple[float, float] | None, contrast: Any) -> Prediction:
         mc = self.config.model
-        probs, off = np.exp(log_p), np.exp(log_off)
+        probs = np.exp(log_p)
         fields = summary.provenance.fields_included if summary else []
         tab_used = [f for f, m in zip(mc.tabular_fields, sample["tab_mask"], strict=True)
                     if m > 0] if (mc.use_tabular or mc.kind == "tabular") else []
+        flags = list((qc or {}).get("flags", []))
+        if contrast is not None and contrast.flag:
+            flags.append(contrast.flag)
+        far = ood is not None and ood[0] > ood[1]
+        if far:
+            flags.append(f"far from the training data (Mahalanobis distance {ood[0]:.1f} > "
+                         f"{ood[1]:.1f}, {OOD_MARGIN:g} x the validation "
+                         f"{OOD_PERCENTILE:g}th percentile, for {pattern} inputs)")
+        top = float(probs.max())
+        if flags:
+            uncertainty = ("Do not rely on this answer: " + "; ".join(flags) + ".")
+        elif top < CONFIDENT:
+            uncertainty = (f"Uncertain: no class reaches {CONFIDENT} (top {top:.2f}); the "
+                           "inputs do not settle the question.")
+        else:
+            uncertainty = (f"{'Calibrated' if self.calibration else 'Uncalibrated'} "
+                           f"probability {min(top, 0.99):.2f} for {pattern} inputs"
+                           + ("" if self.calibration else " (this checkpoint has no "
+                              "calibration: probabilities may be over-confident)") + ".")
         return Prediction(
             classes=self.classes,
             probabilities={c: round(float(p), 6) for c, p in zip(self.classes, probs,
                                                                  strict=True)},
             predicted=self.classes[int(probs.argmax())],
-            probabilities_intervention_off={c: round(float(p), 6) for c, p in zip(
-                self.classes, off, strict=True)},
-            predicted_intervention_off=self.classes[int(off.argmax())],
+            calibrated=self.calibration is not None, input_pattern=pattern, flags=flags,
+            out_of_distribution=bool(far or (contrast is not None and contrast.flag)),
+            ood_distance=None if ood is None else round(ood[0], 3), uncertainty=uncertainty,
             inputs_used={
                 "mri": use_mri, "record": record is not None,
                 "mri_ignored": mri is not None and not self.use_image,

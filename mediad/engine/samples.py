@@ -16,11 +16,11 @@ from mediad.data.records import ClinicalRecord, ManifestRow
 from mediad.data.transforms import MaybeImaged, scanner_augmentation
 from mediad.engine.config import TrainConfig
 from mediad.errors import InputError, Issue
-from mediad.networks.causal import confounder_stratum
 from mediad.networks.encoders import TextEmbedder, tabular_features
 from mediad.summarize import Summarizer
 
 __all__ = [
+    "balance_weights",
     "batch_to",
     "build_samples",
     "confounder_vector",
@@ -53,9 +53,13 @@ def confounder_vector(record: ClinicalRecord | None) -> np.ndarray:
 
 def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str | None],
                   classes: Sequence[str], summarizer: Summarizer | None,
-                  embedder: TextEmbedder | None, tabular_fields: Sequence[str]
-                  ) -> list[dict[str, Any]]:
-    """One dictionary per subject-visit: everything the dataset needs but the image."""
+                  embedder: TextEmbedder | None, tabular_fields: Sequence[str],
+                  sites: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One dictionary per subject-visit: everything the dataset needs but the image.
+
+    ``site`` is the record's index in ``sites`` (the training sites), -1 when unknown or at
+    prediction time: only training reads it (back door, site adversary, balance).
+    """
     texts: list[list[str]] = []
     for r in rows:
         if r is None or summarizer is None:
@@ -76,7 +80,8 @@ def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str
         samples.append({
             "image": path or "", "text": text,
             "has_text": np.float32(1.0 if texts[i] and embedder is not None else 0.0),
-            "tab_values": values, "tab_mask": mask, "stratum": confounder_stratum(r),
+            "tab_values": values, "tab_mask": mask,
+            "site": sites.index(r.site) if (r is not None and r.site in sites) else -1,
             "confounders": confounder_vector(r), "label": label, "index": i,
         })
     return samples
@@ -116,11 +121,55 @@ def make_dataset(samples: list[dict[str, Any]], imaging: ImagingConfig, augment:
     steps: list[Any] = [MaybeImaged(build_transforms(imaging, cache_dir=cache_dir),
                                     imaging.shape)]
     if augment:
-        steps.append(scanner_augmentation())
+        steps.append(scanner_augmentation("image", imaging.lower_percentile,
+                                          imaging.upper_percentile))
     transform = Compose(steps)
     if cache:
         return CacheDataset(samples, transform, progress=False, num_workers=0)
     return Dataset(samples, transform)
+
+
+def balance_weights(labels: np.ndarray, sites: np.ndarray, n_classes: int,
+                    classes: bool = True, by_site: bool = True,
+                    max_weight: float = 10.0) -> np.ndarray:
+    """Per-sample loss weights that make the training set look site-balanced.
+
+    The target distribution is ``P*(s, d) = P(s) P*(d)``: the site independent of the
+    diagnosis (``P*(d)`` uniform with ``classes``, else the observed ``P(d)``), so a site
+    shortcut no longer pays. Each sample weighs ``P*(s, d) / P(s, d)`` (one pseudo-count
+    per cell, clipped at ``max_weight`` times the mean), normalised to mean 1; unknown sites
+    (-1) are weighted by diagnosis only. This is the back door's reweighting form: it needs
+    the site in training only.
+
+    Args:
+        labels: class index per sample (``>= 0``).
+        sites: site index per sample, -1 unknown.
+        n_classes: number of classes.
+        classes: balance the classes too (class weighting).
+        by_site: balance the sites (off: class weights only, or all ones).
+
+    Returns:
+        Float32 weights, one per sample.
+    """
+    labels, sites = np.asarray(labels), np.asarray(sites)
+    n = len(labels)
+    p_d = np.bincount(labels, minlength=n_classes) / max(1, n)
+    target_d = np.full(n_classes, 1.0 / n_classes) if classes else p_d
+    w = target_d[labels] / np.clip(p_d[labels], 1e-12, None)
+    known = sites >= 0
+    if by_site and known.sum() > 0 and len(np.unique(sites[known])) > 1:
+        s, y = sites[known], labels[known]
+        n_sites = int(s.max()) + 1
+        joint = np.zeros((n_sites, n_classes))
+        np.add.at(joint, (s, y), 1.0)
+        # one pseudo-count per cell, spread as under independence: no empty cell (no
+        # infinite weight), and nothing changes where the sites are already balanced
+        joint += joint.size * np.outer(joint.sum(1), joint.sum(0)) / joint.sum() ** 2
+        joint /= joint.sum()
+        p_s = joint.sum(1)
+        w[known] = p_s[s] * target_d[y] / joint[s, y]
+    w = np.minimum(w, max_weight * w.mean())
+    return (w / w.mean()).astype(np.float32)
 
 
 def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

@@ -28,6 +28,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from mediad.data.nifti import check_nifti_file
 from mediad.data.records import ManifestRow, load_manifest
 from mediad.data.splits import Splits, check_leakage, make_splits
+from mediad.engine.calibration import (
+    PATTERNS,
+    Calibration,
+    InputPattern,
+    fit_calibration,
+    restrict_inputs,
+)
 from mediad.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     hash_subjects,
@@ -38,6 +45,7 @@ from mediad.engine.checkpoint import (
 from mediad.engine.config import TrainConfig, cache_root
 from mediad.engine.ddp import DistInfo, distributed, gather
 from mediad.engine.samples import (
+    balance_weights,
     batch_to,
     build_samples,
     data_fingerprint,
@@ -47,7 +55,11 @@ from mediad.engine.samples import (
     prepare_images,
 )
 from mediad.errors import ImageError, InputError, Issue, MediADError
-from mediad.metrics import classification_metrics
+from mediad.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    site_balanced_accuracy,
+)
 from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import ARCHITECTURE, MultimodalNet, TabularBaseline, build_model
 
@@ -62,21 +74,28 @@ class TrainResult:
 
 
 @torch.no_grad()
-def predict_loader(model: MultimodalNet, loader: DataLoader, device: torch.device
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, log P(Y|do(X)), log P(Y|X) with the intervention off, sample indices)."""
+def predict_loader(model: MultimodalNet, loader: DataLoader, device: torch.device,
+                   pattern: InputPattern | None = None) -> dict[str, np.ndarray]:
+    """Predictions over a loader: ``y``, ``log_probs`` (P(Y|do(X))), ``log_probs_mediator``
+    (the auxiliary mediator head), ``features`` (what the label is read from) and sample
+    ``index``; ``pattern`` hides the
+    inputs outside it (calibration per input pattern)."""
     model.eval()
-    ys, lps, offs, idx = [], [], [], []
+    keys = ("y", "log_probs", "log_probs_mediator", "features", "index")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in loader:
         b = batch_to(batch, device)
+        if pattern is not None:
+            b = restrict_inputs(b, pattern)
         with _autocast(device):
             out = model(b)
-        ys.append(batch["label"].numpy())
-        lps.append(out.log_probs.float().cpu().numpy())
-        offs.append(out.log_probs_off.float().cpu().numpy())
-        idx.append(batch["index"].numpy())
-    return (np.concatenate(ys), np.concatenate(lps), np.concatenate(offs),
-            np.concatenate(idx))
+        parts["y"].append(batch["label"].numpy())
+        parts["log_probs"].append(out.log_probs.float().cpu().numpy())
+        parts["log_probs_mediator"].append(out.log_probs_mediator.float().cpu().numpy())
+        if out.readout is not None:
+            parts["features"].append(out.readout.float().cpu().numpy())
+        parts["index"].append(batch["index"].numpy())
+    return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
 def _autocast(device: torch.device) -> Any:
@@ -134,6 +153,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
     splits = _splits(config, rows, out, d)
     by_split = {name: [r for r in rows if splits.split_of(r.subject_id) == name]
                 for name in ("train", "val", "test")}
+    # the training sites (from the manifest's site column): the back door and the site
+    # adversary are sized by them; the model never reads a site as an input
+    sites = tuple(sorted({r.site for r in by_split["train"] if r.site}))
+    config = config.model_copy(update={"model": config.model.model_copy(
+        update={"sites": sites})})
     if d.main:
         (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     summarizer = make_summarizer(config, cache) if use_text else None
@@ -154,8 +178,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
     }
     samples = {name: build_samples(rs, [r.mri_path if use_image else None for r in rs],
                                    classes, summarizer, embedder,
-                                   config.model.tabular_fields)
+                                   config.model.tabular_fields, sites)
                for name, rs in by_split.items()}
+    oc = config.optim
+    for name, group in samples.items():
+        weights = (balance_weights(np.array([s["label"] for s in group]),
+                                   np.array([s["site"] for s in group]), len(classes),
+                                   oc.class_weighting, oc.site_balance)
+                   if name == "train" and group else np.ones(len(group), np.float32))
+        for sample, w in zip(group, weights, strict=True):
+            sample["weight"] = np.float32(w)
     if config.model.kind == "tabular":
         return _train_tabular(config, out, samples, meta, d)
     return _train_net(config, out, samples, meta, d, resume, show_progress, max_epochs, tqdm)
@@ -239,7 +271,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         x = np.stack([s["tab_values"] for s in samples["train"]])
         m = np.stack([s["tab_mask"] for s in samples["train"]])
         model.tabular.set_stats(x, m)
-    model.set_training_priors(np.array([s["stratum"] for s in samples["train"]]))
+    model.set_training_priors(np.array([s["site"] for s in samples["train"]]))
     model.to(device)
     net: torch.nn.Module = model
     if d.world > 1:
@@ -259,12 +291,6 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
     loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=0)
     eval_loaders = {k: DataLoader(v, batch_size=oc.batch_size, shuffle=False)
                     for k, v in eval_sets.items()}
-    labels = np.array([s["label"] for s in samples["train"]])
-    weight = None
-    if oc.class_weighting:
-        counts = np.bincount(labels, minlength=len(config.model.classes)).clip(min=1)
-        weight = torch.tensor(len(labels) / (len(counts) * counts), dtype=torch.float32,
-                              device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=oc.epochs)
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0}
@@ -276,7 +302,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         torch.set_rng_state(ck["torch_rng"])
         state = dict(ck["train_state"])
     elif model.front_door is not None:
-        _refresh(model, _features(net, loader, device, d, sampler, 0), oc.seed)
+        _refresh(model, *_features(net, loader, device, d, sampler, 0), oc.seed)
     stop = state["epoch"] + (max_epochs or oc.epochs)
     for epoch in range(state["epoch"] + 1, min(oc.epochs, stop) + 1):
         started = time.perf_counter()
@@ -285,14 +311,14 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         dropout_rng = torch.Generator().manual_seed(oc.seed * 100_003 + epoch * 101 + d.rank)
         _seed_augmentation(train_set, oc.seed + epoch)
         net.train()
-        total, n, feats = 0.0, 0, []
+        total, n, feats, feat_sites = 0.0, 0, [], []
         bar = tqdm(loader, desc=f"epoch {epoch}/{oc.epochs}", leave=False,
                    disable=None if (show_progress and d.main) else True)  # None: tty only
         for batch in bar:
             b = drop_modalities(batch_to(batch, device), oc.modality_dropout, dropout_rng)
             with _autocast(device):
                 output = net(b)
-                loss = model.loss(output, b["label"], weight)
+                loss = model.loss(output, b["label"], b["weight"].float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -300,6 +326,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
             n += len(batch["label"])
             if output.fused is not None:
                 feats.append(output.fused.float().cpu())
+                feat_sites.append(batch["site"])
             bar.set_postfix(loss=f"{total / n:.3f}")
         scheduler.step()
         if d.world > 1:  # report the loss over all ranks' samples
@@ -307,14 +334,23 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
             dist.all_reduce(sums)
             total, n = float(sums[0]), int(sums[1])
         if model.front_door is not None and feats:
-            _refresh(model, gather(torch.cat(feats), d), oc.seed + epoch)
+            _refresh(model, gather(torch.cat(feats), d), gather(torch.cat(feat_sites), d),
+                     oc.seed + epoch)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, n),
                                    "lr": scheduler.get_last_lr()[0],
                                    "seconds": time.perf_counter() - started}
         if "val" in eval_loaders:
-            y, lp, _, _ = predict_loader(model, eval_loaders["val"], device)
-            metrics["val"] = classification_metrics(y, lp, config.model.classes)
-        score = metrics.get("val", {}).get("balanced_accuracy", -total / max(1, n))
+            pv = predict_loader(model, eval_loaders["val"], device)
+            metrics["val"] = classification_metrics(pv["y"], pv["log_probs"],
+                                                    config.model.classes)
+            val_sites = np.array([samples["val"][i]["site"] for i in pv["index"]])
+            metrics["val"]["site_balanced_accuracy"] = site_balanced_accuracy(
+                pv["y"], pv["log_probs"].argmax(1), val_sites)
+        key = ("site_balanced_accuracy" if oc.selection == "site_balanced"
+               else "balanced_accuracy")
+        score = metrics.get("val", {}).get(key, -total / max(1, n))
+        if score != score:  # NaN (a validation split with one class): fall back to the loss
+            score = -total / max(1, n)
         improved = score > state["best"]
         state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
         if improved:
@@ -338,25 +374,78 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
             dist.barrier()
         if state["stale"] >= oc.patience and epoch >= oc.min_epochs:
             break
-    return _finish(config, out, model, eval_loaders, device, state, meta, d)
+    train_eval = DataLoader(make_dataset(samples["train"], imaging, False, cache_dir=cache),
+                            batch_size=oc.batch_size, shuffle=False)
+    return _finish(config, out, model, eval_loaders, device, state, meta, d, train_eval)
 
 
 def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
             loaders: dict[str, DataLoader], device: torch.device, state: dict[str, Any],
-            meta: dict[str, Any], d: DistInfo) -> TrainResult:
+            meta: dict[str, Any], d: DistInfo, train_eval: DataLoader) -> TrainResult:
     best = load_checkpoint(out / "best.pt") if (out / "best.pt").exists() else None
     if best is not None:
         model.load_state_dict(best["model_state"])
     metrics: dict[str, Any] = {"best_epoch": state["best_epoch"]}
     for name, loader in loaders.items():
-        y, lp, off, _ = predict_loader(model, loader, device)
-        metrics[name] = classification_metrics(y, lp, config.model.classes)
-        metrics[f"{name}_intervention_off"] = classification_metrics(y, off,
-                                                                     config.model.classes)
+        p = predict_loader(model, loader, device)
+        metrics[name] = classification_metrics(p["y"], p["log_probs"], config.model.classes)
+    calibration = None
+    if "val" in loaders:
+        calibration = _calibrate(model, loaders, train_eval, device)
+        metrics["calibration"] = calibration.model_dump(mode="json", exclude={"features"})
+        if "test" in loaders:
+            metrics["test_calibrated"] = _pattern_metrics(model, loaders["test"], device,
+                                                          calibration, config)
     if d.main and best is not None:
-        save_checkpoint(out / "best.pt", {**best, "metrics": metrics})
+        extra = {} if calibration is None else {"calibration": calibration.model_dump(
+            mode="json")}
+        save_checkpoint(out / "best.pt", {**best, "metrics": metrics, **extra})
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return TrainResult(out, state["best_epoch"], metrics)
+
+
+def _patterns(model: MultimodalNet) -> tuple[InputPattern, ...]:
+    """The input patterns a model can be asked with."""
+    record = model.use_text or model.tabular is not None
+    if model.use_image and record:
+        return PATTERNS
+    return ("mri",) if model.use_image else ("record",)
+
+
+def _calibrate(model: MultimodalNet, loaders: dict[str, DataLoader], train_eval: DataLoader,
+               device: torch.device) -> Calibration:
+    """Temperatures on validation, and the training feature distribution, per pattern."""
+    per_pattern = {}
+    for pattern in _patterns(model):
+        val = predict_loader(model, loaders["val"], device, pattern)
+        train = predict_loader(model, train_eval, device, pattern)
+        per_pattern[pattern] = {"y": val["y"], "log_probs": val["log_probs"],
+                                "train_features": train.get("features"),
+                                "val_features": val.get("features")}
+    return fit_calibration(per_pattern)
+
+
+def _pattern_metrics(model: MultimodalNet, loader: DataLoader, device: torch.device,
+                     calibration: Calibration, config: TrainConfig) -> dict[str, Any]:
+    """Test balanced accuracy and ECE per input pattern, before and after calibration."""
+    from scipy.special import softmax
+
+    out = {}
+    for pattern in _patterns(model):
+        p = predict_loader(model, loader, device, pattern)
+        keep = p["y"] >= 0
+        if not keep.any():
+            continue
+        y, lp = p["y"][keep], p["log_probs"][keep]
+        calibrated = calibration.calibrate(lp, [pattern] * len(y))
+        out[pattern] = {
+            "n": len(y),
+            "balanced_accuracy": classification_metrics(y, lp, config.model.classes)[
+                "balanced_accuracy"],
+            "ece_before": expected_calibration_error(y, softmax(lp, axis=1)),
+            "ece_after": expected_calibration_error(y, np.exp(calibrated)),
+        }
+    return out
 
 
 def _seed_augmentation(dataset: Any, seed: int) -> None:
@@ -367,16 +456,20 @@ def _seed_augmentation(dataset: Any, seed: int) -> None:
 
 @torch.no_grad()
 def _features(net: torch.nn.Module, loader: DataLoader, device: torch.device, d: DistInfo,
-              sampler: DistributedSampler, epoch: int) -> torch.Tensor:
+              sampler: DistributedSampler, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused features of the training samples and their sites (all ranks)."""
     sampler.set_epoch(epoch)
     net.eval()
-    feats = []
+    feats, sites = [], []
     for batch in loader:
         out = net(batch_to(batch, device))
         feats.append(out.fused.float().cpu())
-    return gather(torch.cat(feats), d)
+        sites.append(batch["site"])
+    return gather(torch.cat(feats), d), gather(torch.cat(sites), d)
 
 
-def _refresh(model: MultimodalNet, features: torch.Tensor, seed: int) -> None:
+def _refresh(model: MultimodalNet, features: torch.Tensor, sites: torch.Tensor,
+             seed: int) -> None:
+    """Re-cluster the front-door dictionary from site-centred features."""
     assert model.front_door is not None
-    model.front_door.refresh(features, seed)
+    model.front_door.refresh(features, seed, groups=sites.numpy())

@@ -10,12 +10,16 @@ _HOMES = {
     "DEMO_SHIFTED": "demo",
     "EvalResult": "evaluation",
     "QUICK": "ablation",
+    "TEST_SETS": "ablation",
     "VARIANTS": "ablation",
     "demo_cohort_ready": "demo",
     "ensure_demo_cohort": "demo",
     "ensure_demo_model": "demo",
     "evaluate": "evaluation",
+    "paired_difference": "ablation",
+    "recovered_share": "ablation",
     "run_ablation": "ablation",
+    "site_probe": "ablation",
     "verdicts": "ablation",
 }
 

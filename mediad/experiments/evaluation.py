@@ -55,8 +55,8 @@ class EvalResult:
 
 def _columns(classes: Sequence[str]) -> list[str]:
     return ["subject_id", "visit", "label", "predicted",
-            *[f"p_{c}" for c in classes], "predicted_intervention_off",
-            *[f"p_off_{c}" for c in classes], "inputs", "label_defining_fields_used",
+            *[f"p_{c}" for c in classes], "calibrated", "flagged", "flags",
+            "ood_distance", "inputs", "label_defining_fields_used",
             "summary_source", "summary_backend", "summary_model", "error",
             "site", "sex", "age", "apoe4"]
 
@@ -73,13 +73,14 @@ def _row(row: ManifestRow, pred: Any, classes: Sequence[str], error: str = "") -
 
     if pred is None:
         probs: list[Any] = [""] * len(classes)
-        return [row.subject_id, row.visit, fmt(row.diagnosis), "", *probs, "", *probs, "", "",
-                "", "", "", error, fmt(row.site), fmt(row.sex), fmt(row.age), fmt(row.apoe4)]
+        return [row.subject_id, row.visit, fmt(row.diagnosis), "", *probs, "", "", "", "", "",
+                "", "", "", "", error, fmt(row.site), fmt(row.sex), fmt(row.age),
+                fmt(row.apoe4)]
     used = "+".join(k for k in ("mri", "record") if pred.inputs_used[k])
     prov = pred.summary_provenance or {}
     return [row.subject_id, row.visit, fmt(row.diagnosis), pred.predicted,
-            *[pred.probabilities[c] for c in classes], pred.predicted_intervention_off,
-            *[pred.probabilities_intervention_off[c] for c in classes], used,
+            *[pred.probabilities[c] for c in classes], int(pred.calibrated),
+            int(bool(pred.flags)), " | ".join(pred.flags), fmt(pred.ood_distance), used,
             "|".join(pred.inputs_used["label_defining_fields_used"]),
             prov.get("source", ""), prov.get("backend", ""), prov.get("model_id", ""), "",
             fmt(row.site), fmt(row.sex), fmt(row.age), fmt(row.apoe4)]
@@ -259,8 +260,17 @@ def _report(predictor: Predictor, frame: pd.DataFrame, manifest: str, out: Path,
         warnings.append(f"Label-defining inputs were used ({', '.join(used_fields)}): ADNI "
                         "defines the diagnosis partly from them, so accuracy is inflated "
                         "relative to a label-blind model.")
+    flagged = ok[ok["flagged"].astype(str) == "1"]
+    if len(flagged):
+        reasons = Counter(r.split(" (")[0].split(":")[0] for v in flagged["flags"]
+                          for r in str(v).split(" | ") if r)
+        warnings.append(f"{len(flagged)} of {len(ok)} prediction(s) carry a quality or "
+                        "out-of-distribution flag (flags column of predictions.csv): "
+                        + "; ".join(f"{k} ({n})" for k, n in reasons.most_common(4)) + ".")
     info = {
         "n_rows": len(frame), "n_subjects": int(frame["subject_id"].nunique()),
+        "n_flagged": len(flagged),
+        "calibrated": bool(len(ok)) and bool((ok["calibrated"].astype(str) == "1").all()),
         "n_labelled": len(labelled), "n_failed": failed,
         "labels": dict(Counter(labelled["label"])),
         "inputs": dict(Counter(ok["inputs"])),
@@ -272,11 +282,8 @@ def _report(predictor: Predictor, frame: pd.DataFrame, manifest: str, out: Path,
     if len(labelled) >= 2 and labelled["label"].nunique() >= 2:
         y = labelled["label"].map(classes.index).to_numpy()
         proba = labelled[[f"p_{c}" for c in classes]].astype(float).to_numpy()
-        off = labelled[[f"p_off_{c}" for c in classes]].astype(float).to_numpy()
         subjects = labelled["subject_id"].to_numpy()  # a subject's visits resample together
         metrics = bootstrap_metrics(y, proba, classes, n_boot, seed, groups=subjects)
-        metrics_off = bootstrap_metrics(y, off, classes, max(100, n_boot // 5), seed,
-                                        groups=subjects)
         subgroups = _subgroups(labelled, y, proba, classes, max(100, n_boot // 5), seed)
         sites = labelled["site"]
         if (sites != "").all() and sites.nunique() > 1:
@@ -287,7 +294,7 @@ def _report(predictor: Predictor, frame: pd.DataFrame, manifest: str, out: Path,
                                 f"{nmi:.2f} > {NMI_WARNING}): a model can score well here by "
                                 "recognising the scanner. Check a cohort where they are not.")
         plots = _plots(y, proba, classes, subgroups, out)
-        payload = {"metrics": metrics, "metrics_intervention_off": metrics_off,
+        payload = {"metrics": metrics,
                    "subgroups": subgroups, "cohort": info, "warnings": warnings,
                    "model": predictor.model_info(), "n_bootstrap": n_boot, "seed": seed}
         atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))

@@ -1,8 +1,8 @@
 """Cross-modal causal fusion with a mediator: front-door and back-door adjustment.
 
 Our reading of MediAD (docs/design.md, "The model"). With X the multimodal input, M the mediator
-(what of X the label actually depends on), C observed confounders (age, sex, vascular risk)
-and U unobserved ones (site/scanner):
+(what of X the label actually depends on), S the site/scanner (an observed confounder where a
+cohort records it, at training time only) and U unobserved confounders:
 
 * **Front door** (against U):
   ``P(Y | do(X)) = Σ_m P(m | X) Σ_x' P(x') P(Y | m, x')``.
@@ -11,8 +11,13 @@ and U unobserved ones (site/scanner):
   prototypes of fused features with their training frequencies as prior
   (:class:`FrontDoorAdjustment`). Under the normalised weighted geometric mean (NWGM) the
   expectations move inside the classifier: ``P(Y|do(X)) ≈ softmax(g(E[m], E[x']))``.
-* **Back door** (against C): ``P(Y | do(X)) = Σ_c P(Y | X, c) P(c)``, an exact sum over
-  confounder strata with their training prior (:class:`BackDoorAdjustment`).
+* **Back door** (against S): ``P(Y | do(X)) = Σ_s P(Y | X, s) P(s)``, an exact sum over the
+  training sites with their training prior (:class:`BackDoorAdjustment`). ``P(Y | X, s)``
+  depends on s through a FiLM interaction, so the sum really marginalises the site; the
+  site is never needed at prediction time.
+
+Age, sex and vascular risk are recorded risk factors of the diagnosis: they stay in X (the
+summary and the record tokens) and are not adjusted away (docs/design.md, "Age").
 """
 
 from __future__ import annotations
@@ -24,31 +29,31 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mediad.data.records import ClinicalRecord
-
 __all__ = [
-    "N_STRATA",
     "BackDoorAdjustment",
     "CrossModalFusion",
     "FrontDoorAdjustment",
     "Mediator",
-    "confounder_stratum",
     "masked_attention",
     "masked_mean",
+    "remove_group_means",
 ]
 
-AGE_BANDS = (70.0, 80.0)  # <70, 70-80, >=80
-N_STRATA = 3 * 2 * 2  # age band x sex x vascular risk (hypertension or diabetes)
 
+def remove_group_means(features: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Features with each group's (site's) mean replaced by the overall mean.
 
-def confounder_stratum(record: ClinicalRecord | None) -> int:
-    """The observed-confounder stratum of a record (missing values fall in the first level)."""
-    if record is None:
-        return 0
-    age = 0 if record.age is None else int(np.searchsorted(AGE_BANDS, record.age, "right"))
-    sex = 1 if record.sex == "female" else 0
-    vascular = 1 if (record.hypertension or record.diabetes) else 0
-    return (age * 2 + sex) * 2 + vascular
+    What is left cannot tell the groups apart by their average: a k-means dictionary built
+    from it has no prototype per site. Rows of group -1 (unknown) are left as they are.
+    """
+    if groups is None:
+        return features
+    out = features.copy()
+    overall = features.mean(0)
+    for g in np.unique(groups[groups >= 0]):
+        rows = groups == g
+        out[rows] += overall - features[rows].mean(0)
+    return out
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -141,12 +146,21 @@ class FrontDoorAdjustment(nn.Module):
         return self.weights(m) @ self.v(self.prototypes)
 
     @torch.no_grad()
-    def refresh(self, features: torch.Tensor | np.ndarray, seed: int = 0) -> None:
-        """Re-cluster the dictionary from fused features of training samples (k-means)."""
+    def refresh(self, features: torch.Tensor | np.ndarray, seed: int = 0,
+                groups: np.ndarray | None = None) -> None:
+        """Re-cluster the dictionary from fused features of training samples (k-means).
+
+        Args:
+            features: ``(N, D)`` fused features.
+            seed: k-means seed.
+            groups: each sample's site (-1 unknown); the site means are removed first, so
+                that the prototypes, and attention to them, carry no site code.
+        """
         from sklearn.cluster import KMeans
 
         x = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor)
                        else features, dtype=np.float64)
+        x = remove_group_means(x, groups)
         k = self.prototypes.shape[0]
         if len(x) < k:  # too few samples: repeat them (tiny sets, first steps)
             x = np.concatenate([x] * (k // max(1, len(x)) + 1))[: max(k, len(x))]
@@ -158,28 +172,38 @@ class FrontDoorAdjustment(nn.Module):
 
 
 class BackDoorAdjustment(nn.Module):
-    """Stratify over observed confounders: ``P(Y|do(X)) = Σ_c P(Y | X, c) P(c)``.
+    """Stratify over the site: ``P(Y|do(X)) = Σ_s P(Y | X, s) P(s)``.
 
-    ``P(Y | X, c) = softmax(W (h + e_c) + b)`` with a learned embedding per stratum; the
-    prior ``P(c)`` is the strata's training frequency (a buffer, saved in checkpoints).
+    ``P(Y | X, s) = softmax(W (h ⊙ (1 + γ_s) + β_s) + b)``: a FiLM interaction, so the site
+    changes how the features are read, not just an offset that the sum would leave as it
+    was. ``P(s)`` is the sites' training frequency (a buffer, saved in checkpoints). Only
+    training needs the site (to fit the conditional); prediction sums over all of them.
     """
 
-    def __init__(self, d_hidden: int, n_classes: int, n_strata: int = N_STRATA) -> None:
+    def __init__(self, d_hidden: int, n_classes: int, n_strata: int = 1) -> None:
         super().__init__()
-        self.embed = nn.Embedding(n_strata, d_hidden)
-        nn.init.zeros_(self.embed.weight)
+        self.film = nn.Embedding(n_strata, 2 * d_hidden)  # (γ_s, β_s)
+        nn.init.zeros_(self.film.weight)
         self.out = nn.Linear(d_hidden, n_classes)
         self.register_buffer("prior", torch.full((n_strata,), 1.0 / n_strata))
 
     def set_prior(self, strata: np.ndarray) -> None:
-        counts = np.bincount(strata, minlength=self.prior.shape[0]).astype(np.float64) + 0.5
+        """``P(s)`` from the training samples' sites (unknown, -1, ignored; add-0.5)."""
+        strata = np.asarray(strata)
+        counts = np.bincount(strata[strata >= 0], minlength=self.prior.shape[0])
+        counts = counts.astype(np.float64) + 0.5
         self.prior.copy_(torch.as_tensor(counts / counts.sum(), dtype=torch.float32))
+
+    def conditional_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of ``P(Y | X, s)`` for every site, ``(B, S, C)``."""
+        gamma, beta = self.film.weight.chunk(2, dim=-1)
+        return self.out(h.unsqueeze(1) * (1 + gamma.unsqueeze(0)) + beta.unsqueeze(0))
 
     def forward(self, h: torch.Tensor, stratum: torch.Tensor) -> tuple[torch.Tensor,
                                                                       torch.Tensor]:
-        """Returns ``(log P(Y|do(X)), logits of P(Y|X, c_observed))``."""
-        all_logits = self.out(h.unsqueeze(1) + self.embed.weight.unsqueeze(0))  # (B, S, C)
+        """Returns ``(log P(Y|do(X)), logits of P(Y|X, s_observed))`` (site -1: the first)."""
+        all_logits = self.conditional_logits(h)
         log_mix = torch.logsumexp(F.log_softmax(all_logits, -1)
                                   + torch.log(self.prior).view(1, -1, 1), dim=1)
-        observed = all_logits[torch.arange(h.shape[0]), stratum]
+        observed = all_logits[torch.arange(h.shape[0]), stratum.clamp(min=0)]
         return log_mix, observed

@@ -65,7 +65,7 @@ KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
 TASKS: dict[str, tuple[str, ...]] = {"cn_mci_ad": ("CN", "MCI", "AD"), "cn_ad": ("CN", "AD")}
 TEXT_DIM = 384
 #: Bumped whenever a change makes older checkpoints unloadable; checkpoints record it.
-ARCHITECTURE = 8
+ARCHITECTURE = 9
 N_CONFOUNDERS = 3  # age (z), sex, vascular risk: what metadata_norm / cf_adversarial see
 
 
@@ -89,6 +89,13 @@ class ModelConfig(BaseModel):
     n_prototypes: int = Field(16, ge=2, le=1024)
     consistency_weight: float = Field(0.5, ge=0.0)
     adversarial_weight: float = Field(1.0, ge=0.0)
+    sites: tuple[str, ...] = Field(
+        (), description="The training sites, set by the trainer from the manifest's site "
+        "column: the back door sums over them and the site adversary tells them apart. "
+        "Never an input: prediction needs no site.")
+    site_adversarial: float | None = Field(
+        None, ge=0.0, description="Weight of the site-adversarial term on the features the "
+        "classifier reads (gradient reversal); default 0.5 for mediad, 0 otherwise.")
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -102,16 +109,27 @@ class ModelConfig(BaseModel):
         return (image_default if self.use_image is None else self.use_image,
                 text_default if self.use_text is None else self.use_text)
 
+    @property
+    def site_adversarial_weight(self) -> float:
+        """0 without at least two training sites to tell apart."""
+        if len(self.sites) < 2:
+            return 0.0
+        default = 0.5 if self.kind == "mediad" else 0.0
+        return default if self.site_adversarial is None else self.site_adversarial
+
 
 @dataclass
 class ModelOutput:
-    """``log_probs`` is the prediction (P(Y|do(X)) for MediAD); ``log_probs_off`` the same
-    model with the intervention switched off (the mediator path, P(Y|X))."""
+    """``log_probs`` is the prediction (P(Y|do(X)) for MediAD); ``log_probs_mediator`` the
+    auxiliary mediator head ``P(Y | m)`` that training keeps consistent with it (the
+    prediction itself for the other variants). It is not "the same model without the
+    intervention" and is never shown to users as such (docs/design.md)."""
 
     log_probs: torch.Tensor
-    log_probs_off: torch.Tensor
+    log_probs_mediator: torch.Tensor
     aux: dict[str, torch.Tensor] = field(default_factory=dict)  # what the losses need
     fused: torch.Tensor | None = None  # features for the front-door dictionary
+    readout: torch.Tensor | None = None  # what the label is read from (site-probe audits)
 
 
 class _GradReverse(torch.autograd.Function):
@@ -123,6 +141,13 @@ class _GradReverse(torch.autograd.Function):
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         return -ctx.weight * grad, None  # type: ignore[attr-defined]
+
+
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``Σ w_i v_i / Σ w_i`` (the plain mean without weights), as ``F.nll_loss(weight=)``."""
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
 class MetadataNorm(nn.Module):
@@ -180,6 +205,30 @@ class MultimodalNet(nn.Module):
             config.use_tabular) else None
         self.modality = nn.Parameter(torch.zeros(3, d))
         self.front_door: FrontDoorAdjustment | None = None  # only MediAD has a dictionary
+        self.site_adversary: nn.Module | None = None  # see add_site_adversary
+
+    def add_site_adversary(self, width: int) -> None:
+        """A site classifier on the ``width`` features the label is read from, trained
+        through gradient reversal: those features learn to hide the site (training only)."""
+        if self.config.site_adversarial_weight > 0:
+            d = self.config.d_model
+            self.site_adversary = nn.Sequential(nn.Linear(width, d), nn.ReLU(),
+                                                nn.Linear(d, len(self.config.sites)))
+
+    def training_site(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each sample's training-site index; -1 where unknown (always at prediction)."""
+        site = batch.get("site")
+        if site is None:
+            return torch.full_like(batch["label"], -1)
+        return torch.where((site >= 0) & (site < len(self.config.sites)), site, -1)
+
+    def site_term(self, features: torch.Tensor, batch: dict[str, torch.Tensor],
+                  aux: dict[str, torch.Tensor]) -> None:
+        """Record the adversary's site logits for :meth:`losses` (training only)."""
+        if self.site_adversary is not None and self.training:
+            reversed_ = _GradReverse.apply(features, self.config.site_adversarial_weight)
+            aux["site_logits"] = self.site_adversary(reversed_)
+            aux["site"] = self.training_site(batch)
 
     @property
     def n_classes(self) -> int:
@@ -187,9 +236,9 @@ class MultimodalNet(nn.Module):
 
     def image_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens (B, N, D), mask (B, N))``; one masked zero token without an image path."""
-        b, d = batch["stratum"].shape[0], self.config.d_model
+        b, d = batch["tab_mask"].shape[0], self.config.d_model
         if self.image is None:
-            device = batch["stratum"].device
+            device = batch["tab_mask"].device
             return torch.zeros(b, 1, d, device=device), torch.zeros(b, 1, device=device)
         v = self.image(batch["image"]) + self.image_pos + self.modality[0]
         return v, batch["has_image"].float().unsqueeze(1).expand(-1, v.shape[1])
@@ -197,8 +246,8 @@ class MultimodalNet(nn.Module):
     def record_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
                                                                      torch.Tensor]:
         """Summary-section tokens then record-field tokens, with their mask."""
-        b, d = batch["stratum"].shape[0], self.config.d_model
-        device = batch["stratum"].device
+        b, d = batch["tab_mask"].shape[0], self.config.d_model
+        device = batch["tab_mask"].device
         parts, masks = [], []
         if self.text is not None:
             parts.append(self.text(batch["text"]) + self.modality[1])
@@ -219,17 +268,31 @@ class MultimodalNet(nn.Module):
         raise NotImplementedError
 
     def losses(self, out: ModelOutput, y: torch.Tensor,
-               class_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The training objective's terms (weighted, ready to sum)."""
-        return {"prediction": F.nll_loss(out.log_probs, y, weight=class_weight)}
+               weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The training objective's terms (weighted, ready to sum).
 
-    def loss(self, out: ModelOutput, y: torch.Tensor, class_weight: torch.Tensor | None = None
+        Args:
+            out: the forward pass.
+            y: labels.
+            weight: per-sample weights (class and site balance), or ``None``.
+        """
+        terms = {"prediction": weighted_mean(F.nll_loss(out.log_probs, y, reduction="none"),
+                                             weight)}
+        if "site_logits" in out.aux:
+            known = out.aux["site"] >= 0
+            if known.any():
+                terms["site_adversarial"] = weighted_mean(F.cross_entropy(
+                    out.aux["site_logits"][known], out.aux["site"][known], reduction="none"),
+                    None if weight is None else weight[known])
+        return terms
+
+    def loss(self, out: ModelOutput, y: torch.Tensor, weight: torch.Tensor | None = None
              ) -> torch.Tensor:
         """The training objective: the sum of :meth:`losses`."""
-        return torch.stack(list(self.losses(out, y, class_weight).values())).sum()
+        return torch.stack(list(self.losses(out, y, weight).values())).sum()
 
-    def set_training_priors(self, strata: np.ndarray) -> None:
-        """Statistics of the training set a variant needs (the back-door prior)."""
+    def set_training_priors(self, sites: np.ndarray) -> None:
+        """Statistics of the training set a variant needs (the back door's site prior)."""
 
 
 class LateFusionNet(MultimodalNet):
@@ -244,6 +307,7 @@ class LateFusionNet(MultimodalNet):
         self.hidden = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(self.width, d),
                                     nn.GELU())
         self.out = nn.Linear(d, self.n_classes)
+        self.add_site_adversary(self.width)
 
     def pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         streams = []
@@ -263,8 +327,9 @@ class LateFusionNet(MultimodalNet):
         pooled = self.pooled(batch)
         aux: dict[str, torch.Tensor] = {}
         f = self.adjust(pooled, batch, aux)
+        self.site_term(f, batch, aux)
         log_probs = F.log_softmax(self.out(self.hidden(f)), -1)
-        return ModelOutput(log_probs, log_probs, aux, pooled.detach())
+        return ModelOutput(log_probs, log_probs, aux, pooled.detach(), f.detach())
 
 
 class MetadataNormNet(LateFusionNet):
@@ -299,8 +364,8 @@ class AdversarialNet(LateFusionNet):
         return features
 
     def losses(self, out: ModelOutput, y: torch.Tensor,
-               class_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        terms = super().losses(out, y, class_weight)
+               weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        terms = super().losses(out, y, weight)
         if "age_hat" in out.aux:
             terms["adversarial"] = F.mse_loss(out.aux["age_hat"], out.aux["age"])
         return terms
@@ -337,16 +402,17 @@ class CrossAttentionNet(MultimodalNet):
         z, z_mask, _ = self.fused(batch)
         pooled = masked_mean(z, z_mask)
         log_probs = F.log_softmax(self.out(self.hidden(pooled)), -1)
-        return ModelOutput(log_probs, log_probs, {}, pooled.detach())
+        return ModelOutput(log_probs, log_probs, {}, pooled.detach(), pooled.detach())
 
 
 class MediADNet(CrossAttentionNet):
     """``mediad``: the cross-modal fusion, then the causal head.
 
     mediator ``m`` (in-sample attention) -> front door: ``x̂`` = cross-sample attention to
-    the prototype dictionary -> hidden ``h`` of ``[m ; x̂]`` -> back door: ``Σ_c P(Y|h, c)
-    P(c)``. The mediator path ``P(Y|m)`` and per-modality heads are trained for consistency;
-    ``log_probs_off`` is the mediator path.
+    the prototype dictionary (built from site-centred features) -> hidden ``h`` of
+    ``[m ; x̂]`` -> back door: ``Σ_s P(Y|h, s) P(s)`` over the training sites. A site
+    adversary on ``m`` makes the mediator hide the site. The mediator path ``P(Y|m)`` and
+    per-modality heads are trained for consistency (``log_probs_mediator``).
     """
 
     def __init__(self, config: ModelConfig,
@@ -357,13 +423,15 @@ class MediADNet(CrossAttentionNet):
         self.front_door = FrontDoorAdjustment(d, config.n_prototypes) if (
             config.front_door) else None
         if config.back_door:
-            self.back_door: BackDoorAdjustment | None = BackDoorAdjustment(d, self.n_classes)
+            self.back_door: BackDoorAdjustment | None = BackDoorAdjustment(
+                d, self.n_classes, max(1, len(config.sites)))
             self.out = None  # type: ignore[assignment]
         else:
             self.back_door = None
         self.head_obs = nn.Linear(d, self.n_classes)
         self.head_image = nn.Linear(d, self.n_classes)
         self.head_text = nn.Linear(d, self.n_classes)
+        self.add_site_adversary(d)
 
     @property
     def head_width(self) -> int:
@@ -383,8 +451,11 @@ class MediADNet(CrossAttentionNet):
         h = self.hidden(torch.cat([m, self.front_door(m)], 1) if self.front_door is not None
                         else m)
         aux: dict[str, torch.Tensor] = {}
+        self.site_term(m, batch, aux)
         if self.back_door is not None:
-            log_probs, aux["conditional_logits"] = self.back_door(h, batch["stratum"])
+            site = self.training_site(batch)
+            log_probs, aux["conditional_logits"] = self.back_door(h, site)
+            aux["conditional_site"] = site
         else:
             log_probs = F.log_softmax(self.out(h), -1)  # type: ignore[misc]
         log_obs = F.log_softmax(self.head_obs(m), -1)
@@ -399,22 +470,26 @@ class MediADNet(CrossAttentionNet):
                 consistency = consistency + 0.5 * F.kl_div(lp, target[present],
                                                            reduction="batchmean")
         aux["consistency"] = consistency
-        return ModelOutput(log_probs, log_obs, aux, pooled.detach())
+        return ModelOutput(log_probs, log_obs, aux, pooled.detach(), m.detach())
 
     def losses(self, out: ModelOutput, y: torch.Tensor,
-               class_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        terms = super().losses(out, y, class_weight)
-        if "conditional_logits" in out.aux:  # fit P(Y | X, c) on the observed stratum
-            terms["conditional"] = F.cross_entropy(out.aux["conditional_logits"], y,
-                                                   weight=class_weight)
+               weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        terms = super().losses(out, y, weight)
+        known = out.aux.get("conditional_site", torch.empty(0)) >= 0
+        if "conditional_logits" in out.aux and known.any():
+            # fit P(Y | X, s) on the site each sample was observed at
+            terms["conditional"] = weighted_mean(F.cross_entropy(
+                out.aux["conditional_logits"][known], y[known], reduction="none"),
+                None if weight is None else weight[known])
         w = self.config.consistency_weight
-        terms["mediator"] = w * F.nll_loss(out.log_probs_off, y, weight=class_weight)
+        terms["mediator"] = w * weighted_mean(F.nll_loss(out.log_probs_mediator, y,
+                                                         reduction="none"), weight)
         terms["consistency"] = w * out.aux["consistency"]
         return terms
 
-    def set_training_priors(self, strata: np.ndarray) -> None:
+    def set_training_priors(self, sites: np.ndarray) -> None:
         if self.back_door is not None:
-            self.back_door.set_prior(strata)
+            self.back_door.set_prior(sites)
 
 
 #: The factory's table: one class per neural variant.

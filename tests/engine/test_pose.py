@@ -3,9 +3,10 @@ head (rotations up to 10°, scale 0.9-1.1, shifts up to 10 mm), reaches the netw
 same input, and a trained model that uses the MRI answers (nearly) the same.
 
 The control proves the test can fail: without registration the inputs differ. Issue 10
-asks for |Δp| ≤ 0.05; the small models this test can train in a minute are hair-trigger
-(30 training subjects): with inputs that correlate at 0.998-0.999 they moved by 0.03-0.18
-over five training runs, so the bound asserted here is looser (see the README).
+asks for |Δp| ≤ 0.05. The model here is MRI-only (no record, so every answer rests on the
+image) and answers very differently for different brains (spread 0.90 measured); moved
+brains changed its answer by at most 0.075 (inputs correlating at 0.999). A model this
+small is hair-trigger, so the bound asserted is looser (see the README).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.conftest import tiny_train_config
 
 pytestmark = pytest.mark.slow
 
-#: Issue 10's target is 0.05 (met in 2 of 5 runs of this test's small model; see above).
+#: Issue 10's target is 0.05 (0.075 measured for this test's small model; see above).
 TOLERANCE = 0.2
 
 
@@ -45,12 +46,13 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def image_model(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MRI-only model, trained long enough to answer differently for different brains."""
     out = tmp_path_factory.mktemp("pose") / "run"
-    cfg = tiny_train_config(cohort, kind="image_only")
-    # scanner augmentation: a model that does not swing on a hair's change of intensity
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"augment": True})})
+    cfg = tiny_train_config(cohort, kind="image_only", use_tabular=False)
+    # the MRI alone, no record: every answer rests on the image. The site's scanner is the
+    # easiest image signal here (confounding 1.0); a model this small learns it only after a
+    # plateau of ~25 epochs at this rate
     cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={
-        "epochs": 30, "min_epochs": 30, "patience": 30, "lr": 1e-3, "class_weighting": True,
-        "modality_dropout": 0.0})})
+        "epochs": 40, "min_epochs": 40, "patience": 40, "lr": 3e-3, "class_weighting": True,
+        "modality_dropout": 0.0, "site_balance": False, "selection": "balanced"})})
     train(cfg, out, show_progress=False)
     return out / "best.pt"
 

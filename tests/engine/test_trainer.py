@@ -49,8 +49,10 @@ def test_checkpoint_round_trip_reproduces_predictions(run: Path, tiny_cohort: Pa
     rows = [r for r in load_manifest(tiny_cohort / "manifest.csv").rows
             if r.subject_id in split["test"]]
     probs = [predictor.predict(r.mri_path, r) for r in rows]
-    nll = -np.mean([np.log(p.probabilities[r.diagnosis]) for p, r in zip(probs, rows,
-                                                                        strict=True)])
+    # the network's own output (what training scored), before calibration
+    log_p = predictor._run([(r.mri_path, r) for r in rows])["log_p"]
+    nll = -np.mean([lp[predictor.classes.index(r.diagnosis)] for lp, r in zip(
+        log_p, rows, strict=True)])
     reported = json.loads((run / "metrics.json").read_text())["test"]["log_loss"]
     assert nll == pytest.approx(reported, abs=1e-5)
     again = Predictor(run / "best.pt").predict(rows[0].mri_path, rows[0])

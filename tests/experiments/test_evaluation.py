@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,6 +80,29 @@ def test_full_evaluation_outputs(tiny_run: Path, held_out_cohort: Path, tmp_path
     assert "Research use only" in report and "Label-defining inputs were used" in report
     assert not any(s in report for s in frame.subject_id)  # no identifiers in the report
     assert result.metrics is not None
+    # calibration and flags, per row and counted in the report
+    assert (frame.calibrated == 1).all() and set(frame.flagged) <= {0, 1}
+    assert f"Flagged (quality or out of distribution): {int(frame.flagged.sum())}" in report
+    assert "calibrated per input pattern" in report
+
+
+def test_flagged_rows_are_counted_with_their_reasons(tiny_run: Path, held_out_cohort: Path,
+                                                     tmp_path: Path) -> None:
+    """An inverted-contrast MRI in a cohort: its row is flagged and the report says why."""
+    frame = pd.read_csv(held_out_cohort / "manifest.csv", dtype=str)
+    frame["mri_path"] = [str(held_out_cohort / p) for p in frame.mri_path]
+    img = nib.as_closest_canonical(nib.load(frame.mri_path[0]))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    bad = tmp_path / "inverted.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(data > 0.02 * data.max(), data.max() - data, 0),
+                             img.affine), str(bad))
+    frame.loc[0, "mri_path"] = str(bad)
+    frame.to_csv(tmp_path / "manifest.csv", index=False)
+    evaluate(tiny_run / "best.pt", tmp_path / "manifest.csv", tmp_path / "out", n_bootstrap=10)
+    rows = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert rows["flagged"][0] == 1 and "not a T1" in rows["flags"][0]
+    assert "carry a quality or out-of-distribution flag" in (
+        tmp_path / "out" / "report.md").read_text()
 
 
 class _Fake:

@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mediad.data.records import ClinicalRecord
 from mediad.networks.causal import (
-    N_STRATA,
     BackDoorAdjustment,
     FrontDoorAdjustment,
-    confounder_stratum,
     masked_attention,
+    remove_group_means,
 )
 
 
@@ -109,22 +107,52 @@ def test_refresh_is_kmeans_with_frequencies() -> None:
 
 
 def test_back_door_on_hand_computed_numbers() -> None:
-    """Two strata: e_0 = 0, e_1 = (2, 0); W = I, b = 0; h = 0.
+    """Two sites: FiLM (γ, β) = 0 for site 0 and β_1 = (2, 0) for site 1; W = I, b = 0; h = 0.
 
-    P(Y|X,c0) = (0.5, 0.5); P(Y|X,c1) = softmax(2, 0) = (0.8808, 0.1192). Training strata
-    [0, 0, 0, 1] give the prior (3.5, 1.5)/5 = (0.7, 0.3) (add-0.5 smoothing), so
-    Σ_c P(Y|X,c) P(c) = (0.6142, 0.3858).
+    P(Y|X,s0) = (0.5, 0.5); P(Y|X,s1) = softmax(2, 0) = (0.8808, 0.1192). Training sites
+    [0, 0, 0, 1] give the prior (3.5, 1.5)/5 = (0.7, 0.3) (add-0.5 smoothing; unknown sites,
+    -1, are ignored), so Σ_s P(Y|X,s) P(s) = (0.6142, 0.3858).
     """
     bd = BackDoorAdjustment(d_hidden=2, n_classes=2, n_strata=2)
-    bd.embed.weight.data.copy_(torch.tensor([[0.0, 0.0], [2.0, 0.0]]))
+    bd.film.weight.data.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]]))
     bd.out.weight.data.copy_(torch.eye(2))
     bd.out.bias.data.zero_()
-    bd.set_prior(np.array([0, 0, 0, 1]))
+    bd.set_prior(np.array([0, 0, 0, 1, -1, -1]))
     torch.testing.assert_close(bd.prior, torch.tensor([0.7, 0.3]))
     log_mix, observed = bd(torch.zeros(2, 2), torch.tensor([0, 1]))
     torch.testing.assert_close(log_mix.exp(), torch.tensor([[0.6142, 0.3858]] * 2), atol=1e-4,
                                rtol=0)
     torch.testing.assert_close(observed, torch.tensor([[0.0, 0.0], [2.0, 0.0]]))
+
+
+def test_back_door_site_interacts_with_the_features() -> None:
+    """FiLM, not an offset: with γ_1 = (1, 0) site 1 doubles the first feature, so how much
+    the site changes the logits depends on X (an additive offset would not)."""
+    bd = BackDoorAdjustment(d_hidden=2, n_classes=2, n_strata=2)
+    bd.film.weight.data.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+    bd.out.weight.data.copy_(torch.eye(2))
+    bd.out.bias.data.zero_()
+    logits = bd.conditional_logits(torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
+    site_effect = logits[:, 1] - logits[:, 0]  # per sample
+    torch.testing.assert_close(site_effect, torch.tensor([[1.0, 0.0], [3.0, 0.0]]))
+
+
+def test_group_means_are_removed_before_clustering() -> None:
+    """Two sites whose features differ only by a site offset: after centring, the sites'
+    means coincide, and the dictionary has no prototype per site."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.1, (40, 2))
+    sites = np.repeat([0, 1], 20)
+    x[sites == 1] += 5.0
+    centred = remove_group_means(x, sites)
+    np.testing.assert_allclose(centred[sites == 0].mean(0), centred[sites == 1].mean(0),
+                               atol=1e-9)
+    np.testing.assert_allclose(centred.mean(0), x.mean(0))
+    fd = FrontDoorAdjustment(d_model=2, n_prototypes=2)
+    fd.refresh(x, seed=0)  # raw: one prototype per site
+    assert fd.prototypes[:, 0].max() - fd.prototypes[:, 0].min() > 4
+    fd.refresh(x, seed=0, groups=sites)  # centred: none
+    assert fd.prototypes[:, 0].max() - fd.prototypes[:, 0].min() < 1
 
 
 def test_empty_key_sets_give_zeros_not_nan() -> None:
@@ -133,10 +161,3 @@ def test_empty_key_sets_give_zeros_not_nan() -> None:
     mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])
     out = masked_attention(attn, q, k, mask)
     assert torch.isfinite(out).all() and out[1].abs().sum() == 0
-
-
-def test_confounder_strata() -> None:
-    assert confounder_stratum(None) == 0
-    young = ClinicalRecord(subject_id="a", age=60, sex="male", hypertension=False)
-    old = ClinicalRecord(subject_id="b", age=85, sex="female", diabetes=True)
-    assert confounder_stratum(young) == 0 and confounder_stratum(old) == N_STRATA - 1

@@ -22,7 +22,7 @@ def batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
         "has_text": torch.tensor([1.0, 0.0, 1.0, 1.0][:n]),
         "tab_values": torch.randn(n, 12, generator=g) * 10 + 50,
         "tab_mask": (torch.rand(n, 12, generator=g) > 0.3).float(),
-        "stratum": torch.tensor([0, 3, 7, 11][:n]),
+        "site": torch.tensor([0, 1, 2, -1][:n]),
         "confounders": torch.randn(n, 3, generator=g),
         "label": torch.tensor([0, 1, 2, 1][:n]),
     }
@@ -34,7 +34,7 @@ def test_every_variant_shapes_and_masks(kind: str, tabular: bool) -> None:
     model = build_model(ModelConfig(kind=kind, use_tabular=tabular, **SMALL), SHAPE).eval()
     b = batch()
     out = model(b)
-    assert out.log_probs.shape == (4, 3) and out.log_probs_off.shape == (4, 3)
+    assert out.log_probs.shape == (4, 3) and out.log_probs_mediator.shape == (4, 3)
     torch.testing.assert_close(out.log_probs.exp().sum(1), torch.ones(4))
     # a masked (absent) MRI cannot influence the prediction
     b2 = dict(b, image=b["image"].clone())
@@ -51,18 +51,53 @@ def test_task_cn_ad_has_two_classes() -> None:
     assert model(batch()).log_probs.shape == (4, 2)
 
 
-def test_back_door_prediction_does_not_use_the_observed_stratum() -> None:
-    """P(Y|do(X)) sums over strata, so the stratum a sample was observed in cannot move it,
-    while P(Y|X, c) (what the adjustment is built from) must depend on c."""
+def test_back_door_prediction_needs_no_site() -> None:
+    """P(Y|do(X)) sums over the training sites, so the site a sample was observed at (or
+    none, as at prediction time) cannot move it, while P(Y|X, s) must depend on s."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind="mediad", **SMALL), SHAPE).eval()
-    assert model.back_door is not None
-    torch.nn.init.normal_(model.back_door.embed.weight, std=1.0)  # strata that matter
+    model = build_model(ModelConfig(kind="mediad", sites=("A", "B", "C"), **SMALL),
+                        SHAPE).eval()
+    assert model.back_door is not None and model.back_door.prior.shape == (3,)
+    torch.nn.init.normal_(model.back_door.film.weight, std=1.0)  # sites that matter
     b = batch()
     out = model(b)
-    moved = model(dict(b, stratum=(b["stratum"] + 5) % 12))
+    moved = model(dict(b, site=(b["site"] + 1) % 3))
+    unknown = model({k: v for k, v in b.items() if k != "site"})
     torch.testing.assert_close(moved.log_probs, out.log_probs)
+    torch.testing.assert_close(unknown.log_probs, out.log_probs)
     assert not torch.allclose(moved.aux["conditional_logits"], out.aux["conditional_logits"])
+
+
+@pytest.mark.parametrize("kind", ["mediad", "concat"])
+def test_site_adversary_is_trained_only_with_sites(kind: str) -> None:
+    """The site term exists with two or more training sites, enters the loss only for
+    samples whose site is known, and pushes the features away from the site (reversed
+    gradient); without sites, or at evaluation, there is none."""
+    torch.manual_seed(0)
+    b = batch()
+    plain = build_model(ModelConfig(kind=kind, **SMALL), SHAPE).train()
+    assert plain.site_adversary is None and "site_adversarial" not in plain.losses(
+        plain(b), b["label"])
+    model = build_model(ModelConfig(kind=kind, sites=("A", "B", "C"), site_adversarial=1.0,
+                                    **SMALL), SHAPE).train()
+    assert model.site_adversary is not None
+    terms = model.losses(model(b), b["label"], torch.ones(4))
+    assert torch.isfinite(terms["site_adversarial"])
+    unknown = model.losses(model(dict(b, site=torch.full((4,), -1))), b["label"])
+    assert "site_adversarial" not in unknown
+    assert "site_logits" not in model.eval()(b).aux
+
+
+def test_sample_weights_weigh_the_loss() -> None:
+    """Per-sample weights are a weighted mean: weight 0 removes a sample from the loss."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="concat", dropout=0.0, **SMALL), SHAPE).eval()
+    b = batch()
+    out = model(b)
+    per_sample = torch.nn.functional.nll_loss(out.log_probs, b["label"], reduction="none")
+    w = torch.tensor([1.0, 0.0, 3.0, 0.0])
+    torch.testing.assert_close(model.losses(out, b["label"], w)["prediction"],
+                               (per_sample * w).sum() / w.sum())
 
 
 def test_front_door_dictionary_moves_only_the_adjusted_prediction() -> None:
@@ -74,10 +109,10 @@ def test_front_door_dictionary_moves_only_the_adjusted_prediction() -> None:
     model.front_door.prototypes.copy_(torch.randn_like(model.front_door.prototypes) * 3)
     after = model(b)
     assert (after.log_probs - before.log_probs).abs().max() > 1e-3
-    torch.testing.assert_close(after.log_probs_off, before.log_probs_off)  # mediator path
+    torch.testing.assert_close(after.log_probs_mediator, before.log_probs_mediator)
     concat = build_model(ModelConfig(kind="concat", **SMALL), SHAPE).eval()
     out = concat(b)
-    torch.testing.assert_close(out.log_probs, out.log_probs_off)  # nothing to switch off
+    torch.testing.assert_close(out.log_probs, out.log_probs_mediator)  # no mediator head
 
 
 def test_a_few_steps_reduce_the_loss_and_a_tiny_set_is_overfitted() -> None:
@@ -160,7 +195,7 @@ def _two_way_task(n: int, seed: int) -> dict[str, torch.Tensor]:
     text[torch.arange(n), 0, y] += 3.0
     return {"image": img, "has_image": torch.ones(n), "text": text, "has_text": torch.ones(n),
             "tab_values": torch.zeros(n, 12), "tab_mask": torch.zeros(n, 12),
-            "stratum": torch.zeros(n, dtype=torch.long), "confounders": torch.zeros(n, 3),
+            "site": torch.zeros(n, dtype=torch.long), "confounders": torch.zeros(n, 3),
             "label": y}
 
 

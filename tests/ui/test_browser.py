@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from mediad.cli import streamlit_command
@@ -79,6 +81,11 @@ def test_upload_sequences_predict_and_screenshot(server: str, app_data: Path,
     mri = app_data / "demo-shifted" / row["mri_path"]
     upload = tmp_path / "scan.nii.gz"
     shutil.copy(mri, upload)
+    img = nib.as_closest_canonical(nib.load(mri))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    inverted = tmp_path / "inverted.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(data > 0.02 * data.max(), data.max() - data, 0),
+                             img.affine), str(inverted))
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"\x1f\x8b" + b"x" * 200)
     record = tmp_path / "record.json"
@@ -127,8 +134,24 @@ def test_upload_sequences_predict_and_screenshot(server: str, app_data: Path,
         page.get_by_role("button", name="Predict").click()
         page.get_by_text("Probabilities", exact=True).wait_for(timeout=120_000)
         wait_idle(page)
-        assert '"mri": false' in page.inner_text("body").replace("\n", " ") or \
-            "Inputs used: record" in page.inner_text("body")
+        body = page.inner_text("body")
+        assert '"mri": false' in body.replace("\n", " ") or "Inputs used: record" in body
+        assert "rests on the record alone" in body
+        # a fresh page, an MRI with inverted contrast and no record: an MRI-only answer,
+        # said to be one, with the out-of-distribution warning
+        page.goto(server, timeout=60_000)
+        page.get_by_text("Research use only").first.wait_for(timeout=60_000)
+        wait_idle(page)
+        page.locator("input[type=file]").first.set_input_files(str(inverted))
+        page.get_by_text("MRI loaded: inverted.nii.gz.").wait_for(timeout=180_000)
+        wait_idle(page)
+        page.get_by_role("button", name="Predict").click()
+        page.get_by_text("Probabilities", exact=True).wait_for(timeout=120_000)
+        wait_idle(page)
+        body = page.inner_text("body")
+        assert "rests on the MRI alone" in body and "Do not rely on this answer" in body
+        assert "p = 1.00" not in body and "1.000" not in body
+        page.screenshot(path=str(shots / "patient-ood.png"), full_page=True)
         browser.close()
     assert (shots / "patient-e2e.png").stat().st_size > 10_000
     assert not outside, f"the page requested outside hosts: {sorted(set(outside))[:5]}"

@@ -274,7 +274,7 @@ def test_refused_cohort_run_leaves_no_folder(app_env: Path) -> None:
 
 def test_ablations_page(app_env: Path) -> None:
     at = page("ablations")
-    assert "no clear difference between mediad and concat" in texts(at)
+    assert "site reversed: not different from concat" in texts(at)
     assert not at.exception
 
 

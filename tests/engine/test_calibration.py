@@ -1,0 +1,144 @@
+"""Answers that mean what they say (issue 12): calibration per input pattern and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.special import log_softmax, softmax
+
+from mediad.data.records import load_manifest
+from mediad.engine.calibration import (
+    Calibration,
+    fit_calibration,
+    fit_feature_distribution,
+    fit_temperature,
+    input_pattern,
+)
+from mediad.engine.predictor import Predictor
+from mediad.errors import MediADError
+from mediad.metrics import expected_calibration_error
+
+
+def _overconfident(n: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from softmax(z), and the log-probabilities of softmax(scale * z)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.0, (n, 3))
+    y = np.array([rng.choice(3, p=p) for p in softmax(z, axis=1)])
+    return log_softmax(scale * z, axis=1), y
+
+
+def test_temperature_undoes_overconfidence() -> None:
+    lp, y = _overconfident(3000, 3.0, 0)
+    t = fit_temperature(lp, y)
+    assert 2.6 < t < 3.4
+    before = expected_calibration_error(y, np.exp(lp))
+    after = expected_calibration_error(y, softmax(lp / t, axis=1))
+    assert before > 0.1 and after < 0.03
+    assert fit_temperature(lp[:3], y[:3]) == 1.0  # too few to fit: left alone
+
+
+def test_each_input_pattern_gets_its_own_temperature() -> None:
+    sure, y1 = _overconfident(2000, 3.0, 1)
+    shy, y2 = _overconfident(2000, 0.5, 2)
+    cal = fit_calibration({"mri+record": {"y": y1, "log_probs": sure},
+                           "mri": {"y": y2, "log_probs": shy}})
+    assert cal.temperature["mri+record"] > 2 and cal.temperature["mri"] < 0.7
+    assert cal.ece_after["mri+record"] < cal.ece_before["mri+record"]
+    out = cal.calibrate(np.stack([sure[0], shy[0]]), ["mri+record", "mri"])
+    np.testing.assert_allclose(np.exp(out).sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(out[0], log_softmax(sure[0] / cal.temperature["mri+record"]))
+    assert input_pattern(True, True) == "mri+record" and input_pattern(False, True) == "record"
+
+
+def test_feature_distance_flags_what_lies_far_away() -> None:
+    rng = np.random.default_rng(0)
+    train, val, new = (rng.normal(0, 1, (n, 8)) for n in (200, 60, 400))
+    dist = fit_feature_distribution(train, val)
+    assert (dist.distance(new) > dist.threshold).mean() <= 0.05  # typical: unflagged
+    assert (dist.distance(new + 6.0) > dist.threshold).all()  # far: flagged
+    cal = Calibration(features={"mri": dist})
+    (near, far) = cal.out_of_distribution(np.stack([new[0], new[0] + 6]), ["mri", "mri"])
+    assert near is not None and far is not None and far[0] > far[1] >= near[0]
+
+
+# ---------------------------------------------------------------------------------------
+# On a trained model
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run: Path) -> Predictor:
+    return Predictor(tiny_run / "best.pt")
+
+
+def test_training_stores_calibration_and_predictions_use_it(predictor: Predictor,
+                                                           tiny_cohort: Path) -> None:
+    cal = predictor.calibration
+    assert cal is not None and set(cal.temperature) == {"mri+record", "mri", "record"}
+    assert set(cal.features) == {"mri+record", "mri", "record"}
+    row = load_manifest(tiny_cohort / "manifest.csv").rows[0]
+    both, mri, rec = (predictor.predict(m, r) for m, r in ((row.mri_path, row),
+                                                            (row.mri_path, None), (None, row)))
+    assert (both.input_pattern, mri.input_pattern, rec.input_pattern) == (
+        "mri+record", "mri", "record")
+    assert both.calibrated and both.uncertainty
+    for p in (both, mri, rec):
+        assert abs(sum(p.probabilities.values()) - 1) < 1e-4
+    # the calibrated answer is the network's, divided by the pattern's temperature
+    raw = predictor._run([(row.mri_path, None)])["log_p"]
+    np.testing.assert_allclose(list(mri.probabilities.values()),
+                               np.exp(cal.calibrate(raw, ["mri"]))[0], atol=1e-5)
+
+
+def _write_like(reference: Path, data: np.ndarray, path: Path) -> Path:
+    img = nib.load(reference)
+    nib.save(nib.Nifti1Image(data.astype(np.float32), img.affine), str(path))
+    return path
+
+
+def _flag_or_refusal(predictor: Predictor, path: Path) -> str:
+    """The reasons a prediction is flagged, or the refusal's message; '' when neither."""
+    try:
+        pred = predictor.predict(path, None)
+    except MediADError as exc:
+        return f"refused: {exc}"
+    return " | ".join(pred.flags)
+
+
+def test_noise_inverted_and_non_brain_volumes_are_flagged(predictor: Predictor,
+                                                          tiny_cohort: Path,
+                                                          tmp_path: Path) -> None:
+    row = load_manifest(tiny_cohort / "manifest.csv").rows[0]
+    source = Path(row.mri_path)
+    data = np.asarray(nib.as_closest_canonical(nib.load(source)).dataobj, dtype=np.float32)
+    ref = tmp_path / "canonical.nii.gz"
+    nib.save(nib.as_closest_canonical(nib.load(source)), str(ref))
+    inside = data > data.max() * 0.02
+    inverted = np.where(inside, data.max() - data, 0)
+    rng = np.random.default_rng(0)
+    noise = ndimage.gaussian_filter(rng.random(data.shape), 1.5).astype(np.float32) * 1000
+    zz, yy, xx = np.indices(data.shape)
+    c = np.array(data.shape) / 2
+    ball = (((np.stack([zz, yy, xx], -1) - c) / (c * 0.6)) ** 2).sum(-1) < 1
+    non_brain = np.where(ball, 800.0 + 50 * rng.random(data.shape), 0.0)  # a uniform blob
+    found = {name: _flag_or_refusal(predictor, _write_like(ref, vol, tmp_path / f"{name}.nii"))
+             for name, vol in (("inverted", inverted), ("noise", noise),
+                               ("non_brain", non_brain))}
+    print(found)
+    for name, reasons in found.items():
+        assert reasons, f"{name} volume was neither flagged nor refused"
+    assert "not a T1" in found["inverted"] or "far from the training" in found["inverted"]
+
+
+def test_typical_new_subjects_are_not_flagged(predictor: Predictor,
+                                              in_distribution_cohort: Path) -> None:
+    """At least 95 % of new subjects drawn like the training cohort carry no flag."""
+    rows = load_manifest(in_distribution_cohort / "manifest.csv").rows
+    preds = predictor.predict_many([(r.mri_path, r) for r in rows])
+    flagged = [p.flags for p in preds if p.flags]
+    print(f"{len(flagged)} of {len(rows)} flagged; distances "
+          f"{sorted(round(p.ood_distance or 0, 1) for p in preds)}")
+    assert len(flagged) <= 0.05 * len(rows), flagged
