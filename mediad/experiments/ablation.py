@@ -1,13 +1,26 @@
-"""Confounder ablation: does the causal head resist a site/age shortcut?
+"""Confounder ablation: does the causal head resist the site shortcut, on every shift axis?
 
-For each confounding strength a synthetic cohort is drawn (train/val/test split) together
-with a *shifted* cohort of new subjects in which the site–diagnosis and age–diagnosis links
-are reversed. Every model variant × seed is trained on the first and scored on its test
-split (in-distribution) and on the shifted cohort. A model that learned the shortcut loses
-accuracy under shift; the causal signal (hippocampal atrophy) does not move.
+For each confounding strength a synthetic cohort is drawn (train/val/test split). Every
+model variant x seed is trained on it and scored on five test sets:
 
-Cognitive scores are left out of every input by default (they are caused by the diagnosis
-and unchanged by the shift, so they would hide what the image pathway learned).
+* ``in_distribution``: the cohort's own held-out test split;
+* ``site_reversed``: new subjects whose site-diagnosis link is reversed, age as in training;
+* ``age_reversed``: the age-diagnosis link reversed, sites as in training;
+* ``unseen_scanner``: a scanner none of the training sites has (``UNSEEN_SITES``);
+* ``combined``: site and age links both reversed.
+
+The shifted test sets are drawn once at ``shift_confounding`` and shared by every cell, so
+that the model trained unconfounded (confounding 0) is the *ceiling* of each variant on the
+same subjects. The verdict rests on shifted balanced accuracy, with a paired bootstrap by
+subject against concat, and on the recovered share
+``(BA_variant - BA_concat) / (BA_ceiling - BA_concat)`` (not on the drop, which favours weak
+models). A linear probe on each model's read-out features measures how much site they
+still carry.
+
+The cohorts are drawn on the template grid (no pose): this study is about the site, and
+skipping preprocessing keeps the grid affordable. Cognitive scores
+are left out of every input by default (they are caused by the diagnosis and unchanged by
+the shift, so they would hide what the image pathway learned).
 """
 
 from __future__ import annotations
@@ -29,23 +42,63 @@ from mediad.errors import InputError
 from mediad.io import atomic_path, atomic_write_text
 from mediad.metrics import balanced_accuracy, bootstrap_statistic, paired_bootstrap
 
-__all__ = ["QUICK", "VARIANTS", "AblationConfig", "run_ablation", "verdicts"]
+__all__ = ["QUICK", "TEST_SETS", "VARIANTS", "AblationConfig", "paired_difference",
+           "recovered_share", "run_ablation", "site_probe", "verdicts"]
 
-#: Variant name -> (model overrides, data overrides).
-VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "mediad": ({"kind": "mediad"}, {}),
-    "mediad_no_frontdoor": ({"kind": "mediad", "front_door": False}, {}),
-    "mediad_no_backdoor": ({"kind": "mediad", "back_door": False}, {}),
-    "mediad_no_text": ({"kind": "mediad", "use_text": False}, {}),
-    "mediad_no_mri": ({"kind": "mediad", "use_image": False}, {}),
-    "mediad_llm_summaries": ({"kind": "mediad"}, {"summary": {"backend": "local"}}),
-    "mediad_augment": ({"kind": "mediad"}, {"augment": True}),
-    "concat": ({"kind": "concat"}, {}),
-    "concat_augment": ({"kind": "concat"}, {"augment": True}),
-    "metadata_norm": ({"kind": "metadata_norm"}, {}),
-    "cf_adversarial": ({"kind": "cf_adversarial"}, {}),
+#: Training without any site handling: the shortcut is there for the taking.
+PLAIN: dict[str, dict[str, Any]] = {
+    "model": {"site_adversarial": 0.0}, "data": {"augment": False},
+    "optim": {"site_balance": False, "selection": "balanced"}}
+#: MediAD's site handling (training only): site-balanced weights, a site adversary on the
+#: features the label is read from, scanner augmentation, site-balanced selection.
+SITE_HANDLING: dict[str, dict[str, Any]] = {
+    "model": {"site_adversarial": 0.5}, "data": {"augment": True},
+    "optim": {"site_balance": True, "selection": "site_balanced"}}
+
+
+def _variant(base: dict[str, dict[str, Any]], **model: Any) -> dict[str, dict[str, Any]]:
+    return {"model": {**base["model"], **model}, "data": dict(base["data"]),
+            "optim": dict(base["optim"])}
+
+
+#: Variant name -> overrides of the training config's model / data / optim parts.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "concat": _variant(PLAIN, kind="concat"),
+    "mediad": _variant(SITE_HANDLING, kind="mediad"),
+    "mediad_no_frontdoor": _variant(SITE_HANDLING, kind="mediad", front_door=False),
+    "mediad_no_backdoor": _variant(SITE_HANDLING, kind="mediad", back_door=False),
+    "mediad_no_site_term": {**_variant(SITE_HANDLING, kind="mediad", site_adversarial=0.0),
+                            "optim": {"site_balance": False, "selection": "site_balanced"}},
+    "augment_only": {**_variant(PLAIN, kind="concat"), "data": {"augment": True}},
+    "concat_site": _variant(SITE_HANDLING, kind="concat"),
+    "mediad_head_only": _variant(PLAIN, kind="mediad"),
+    "mediad_no_text": _variant(SITE_HANDLING, kind="mediad", use_text=False),
+    "mediad_no_mri": _variant(SITE_HANDLING, kind="mediad", use_image=False),
+    "mediad_llm_summaries": {**_variant(SITE_HANDLING, kind="mediad"),
+                             "data": {"augment": True, "summary": {"backend": "local"}}},
+    "metadata_norm": _variant(PLAIN, kind="metadata_norm"),
+    "cf_adversarial": _variant(PLAIN, kind="cf_adversarial"),
+}
+#: What each variant isolates, for the report.
+DESCRIPTIONS = {
+    "concat": "late fusion, no site handling (the reference)",
+    "mediad": "causal head + site handling (weights, adversary, augmentation, selection)",
+    "mediad_no_frontdoor": "mediad without the front-door dictionary",
+    "mediad_no_backdoor": "mediad without the site back door",
+    "mediad_no_site_term": "mediad without site weights and site adversary",
+    "augment_only": "concat + scanner augmentation only",
+    "concat_site": "concat with mediad's site handling",
+    "mediad_head_only": "the causal head without any site handling",
+    "mediad_no_text": "mediad, MRI only",
+    "mediad_no_mri": "mediad, record only",
+    "mediad_llm_summaries": "mediad with the local LLM's summaries",
+    "metadata_norm": "concat + metadata normalisation (age, sex, vascular)",
+    "cf_adversarial": "concat + age-adversarial features",
 }
 SCORES = ["mmse", "cdr_sb", "adas13", "faq"]
+#: The five test sets; every one but the first is shared by all cells.
+TEST_SETS = ("in_distribution", "site_reversed", "age_reversed", "unseen_scanner", "combined")
+SHIFTED = TEST_SETS[1:]
 
 
 class AblationConfig(BaseModel):
@@ -54,21 +107,26 @@ class AblationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variants: list[str] = Field(default_factory=lambda: [
-        "mediad", "mediad_no_frontdoor", "mediad_no_backdoor", "mediad_no_text",
-        "mediad_no_mri", "mediad_llm_summaries", "mediad_augment", "concat", "concat_augment",
-        "metadata_norm", "cf_adversarial"])
-    confounding: list[float] = Field(default_factory=lambda: [0.0, 0.4, 0.8])
+        "concat", "mediad", "mediad_no_site_term", "concat_site", "augment_only",
+        "mediad_no_frontdoor", "mediad_no_backdoor"])
+    confounding: list[float] = Field(default_factory=lambda: [0.0, 0.8])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    n_train: int = Field(240, ge=30, description="Subjects drawn for train/val/test.")
-    n_shifted: int = Field(120, ge=10, description="Subjects of each shifted cohort.")
+    n_train: int = Field(200, ge=30, description="Subjects drawn for train/val/test.")
+    n_shifted: int = Field(120, ge=10, description="Subjects of each shifted test set.")
+    shift_confounding: float = Field(0.8, ge=0.0, le=1.0, description="Strength of the "
+                                     "reversed links in the shifted test sets.")
     spacing: float = 3.0
     shape: tuple[int, int, int] = (48, 48, 48)
     epochs: int = Field(20, ge=1)
     patience: int = Field(6, ge=1)
+    min_epochs: int = Field(12, ge=1, description="No early stop before: the image path "
+                            "learns only after a plateau of 8-12 epochs, and stopping on "
+                            "it leaves a model at chance.")
     batch_size: int = 8
     lr: float = 1e-3
     exclude_fields: list[str] = Field(default_factory=lambda: list(SCORES))
     n_bootstrap: int = Field(500, ge=0)
+    workers: int = Field(2, ge=1, le=64, description="Processes drawing the cohorts.")
 
     def model_post_init(self, _: Any) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -86,30 +144,43 @@ class AblationConfig(BaseModel):
             raise InputError(f"{p}: invalid ablation config: {exc}") from None
 
 
-#: About 15 minutes on 2 CPU cores: the comparison the study exists for, one seed.
-QUICK = AblationConfig(variants=["concat", "mediad", "mediad_augment"],
-                       confounding=[0.0, 0.8], seeds=[0], n_train=200, n_shifted=100,
-                       epochs=20, patience=6, n_bootstrap=300)
+#: Under 20 minutes on 2 CPU cores: the comparison the study exists for, one seed.
+QUICK = AblationConfig(variants=["concat", "mediad"], confounding=[0.0, 0.8], seeds=[0],
+                       n_train=160, n_shifted=60, n_bootstrap=300)
 
-COLUMNS = ["variant", "confounding", "seed", "n_test", "bacc_test", "bacc_test_low",
-           "bacc_test_high", "n_shifted", "bacc_shifted", "bacc_shifted_low",
-           "bacc_shifted_high", "drop", "best_epoch", "train_seconds"]
+COLUMNS = ["variant", "confounding", "seed", "test_set", "n", "bacc", "bacc_low",
+           "bacc_high", "site_probe", "best_epoch", "train_seconds"]
 
 
-def _cohorts(cfg: AblationConfig, conf: float, root: Path) -> tuple[Path, Path]:
-    from mediad.data.simulate import SimulationConfig, simulate_cohort
+def _simulation(cfg: AblationConfig, name: str, conf: float) -> Any:
+    from mediad.data.simulate import UNSEEN_SITES, SimulationConfig
 
     base = SimulationConfig(confounding=conf, spacing=cfg.spacing, n_subjects=cfg.n_train,
-                            seed=round(conf * 1000) + 11)
-    shifted = base.model_copy(update={"n_subjects": cfg.n_shifted, "shift": "reversed",
-                                      "seed": base.seed + 500, "subject_offset": 50_000})
-    paths = []
-    for name, sim in (("train", base), ("shifted", shifted)):
-        folder = root / "cohorts" / f"c{conf:g}-{name}"
-        if not (folder / "manifest.csv").is_file():
-            simulate_cohort(sim, folder, overwrite=True)
-        paths.append(folder)
-    return paths[0], paths[1]
+                            seed=round(conf * 1000) + 11, native_space=False,
+                            workers=cfg.workers)
+    if name == "train":
+        return base
+    shifted = {"site_reversed": {"site_shift": "reversed", "age_shift": "none"},
+               "age_reversed": {"site_shift": "none", "age_shift": "reversed"},
+               "unseen_scanner": {"sites": UNSEEN_SITES},
+               "combined": {"shift": "reversed"}}[name]
+    return base.model_copy(update={
+        "confounding": cfg.shift_confounding, "n_subjects": cfg.n_shifted,
+        "seed": 7000 + SHIFTED.index(name), "subject_offset": 50_000 * (1 + SHIFTED.index(name)),
+        **shifted})
+
+
+def _cohort(cfg: AblationConfig, root: Path, name: str, conf: float = 0.0) -> Path:
+    from mediad.data.simulate import simulate_cohort
+
+    folder = root / "cohorts" / (f"c{conf:g}-train" if name == "train" else f"test-{name}")
+    sim = _simulation(cfg, name, conf)
+    wanted = sim.model_dump(mode="json", exclude={"workers"})
+    recorded = folder / "simulation.yaml"
+    if not (recorded.is_file() and yaml.safe_load(recorded.read_text(encoding="utf-8"))
+            == wanted):  # drawn by another config (n, spacing...): draw it again
+        simulate_cohort(sim, folder, overwrite=True)
+    return folder
 
 
 def _train_config(cfg: AblationConfig, variant: str, seed: int, manifest: Path,
@@ -117,18 +188,26 @@ def _train_config(cfg: AblationConfig, variant: str, seed: int, manifest: Path,
     from mediad.engine.config import TrainConfig
     from mediad.networks.encoders import TABULAR_FIELDS
 
-    model, data = VARIANTS[variant]
-    summary = {"backend": "template", "exclude": cfg.exclude_fields, **data.get("summary", {})}
+    parts = VARIANTS[variant]
+    data = dict(parts["data"])
+    summary = {"backend": "template", "exclude": cfg.exclude_fields, **data.pop("summary", {})}
     return TrainConfig.model_validate({
         "data": {"manifest": str(manifest), "cache_dir": str(cache),
-                 "imaging": {"spacing": [cfg.spacing] * 3, "shape": list(cfg.shape)},
-                 "split": {"seed": 0}, "summary": summary,
-                 "augment": data.get("augment", False)},
+                 "imaging": {"spacing": [cfg.spacing] * 3, "shape": list(cfg.shape),
+                             "preprocess": None},  # the template grid: nothing to register
+                 "split": {"seed": 0}, "summary": summary, **data},
         "model": {"tabular_fields": [f for f in TABULAR_FIELDS if f not in cfg.exclude_fields],
-                  **model},
-        "optim": {"epochs": cfg.epochs, "patience": cfg.patience, "batch_size": cfg.batch_size,
-                  "lr": cfg.lr, "seed": seed},
+                  **parts["model"]},
+        "optim": {"epochs": cfg.epochs, "patience": cfg.patience, "min_epochs": cfg.min_epochs,
+                  "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": seed, **parts["optim"]},
     })
+
+
+def _rows_of(manifest: Path, classes: list[str], subjects: set[str] | None) -> list[Any]:
+    from mediad.data.records import load_manifest
+
+    return [r for r in load_manifest(manifest).rows
+            if r.diagnosis in classes and (subjects is None or r.subject_id in subjects)]
 
 
 def _score(run: Path, manifest: Path, subjects: set[str] | None, name: str,
@@ -138,12 +217,10 @@ def _score(run: Path, manifest: Path, subjects: set[str] | None, name: str,
     if cached.is_file():
         data = np.load(cached)
         return data["y"], data["pred"]
-    from mediad.data.records import load_manifest
     from mediad.engine.predictor import Predictor
 
     predictor = Predictor(run / "best.pt")
-    rows = [r for r in load_manifest(manifest).rows
-            if r.diagnosis in predictor.classes and (subjects is None or r.subject_id in subjects)]
+    rows = _rows_of(manifest, predictor.classes, subjects)
     preds = []
     for start in range(0, len(rows), 16):
         chunk = rows[start:start + 16]
@@ -155,10 +232,42 @@ def _score(run: Path, manifest: Path, subjects: set[str] | None, name: str,
     return y, pred
 
 
+def site_probe(run: Path, manifest: Path, seed: int = 0) -> float:
+    """Cross-validated balanced accuracy of a linear probe that reads the site from the
+    model's read-out features (the mediator for MediAD) on its whole training cohort;
+    chance is 1 / number of sites. Cached in the run folder."""
+    cached = run / "site-probe.json"
+    if cached.is_file():
+        return float(json.loads(cached.read_text(encoding="utf-8"))["balanced_accuracy"])
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mediad.engine.predictor import Predictor
+
+    predictor = Predictor(run / "best.pt")
+    rows = _rows_of(manifest, predictor.classes, None)
+    feats = np.concatenate([predictor.readout([(r.mri_path, r) for r in rows[i:i + 16]])
+                            for i in range(0, len(rows), 16)])
+    sites = np.array([r.site for r in rows])
+    folds = int(min(5, np.unique(sites, return_counts=True)[1].min()))
+    score = float("nan")
+    if folds >= 2:
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+        pred = cross_val_predict(probe, feats, sites,
+                                 cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+        score = balanced_accuracy(sites, pred)
+    atomic_write_text(cached, json.dumps({"balanced_accuracy": score, "n": len(rows),
+                                          "chance": 1 / len(set(sites))}))
+    return score
+
+
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    return [r for r in rows if "test_set" in r]  # a table of the older layout is redone
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -174,7 +283,8 @@ def run_ablation(cfg: AblationConfig, out_dir: str | Path,
     """Run (or resume) the grid; writes ablation.csv, ablation.md and ablation.png.
 
     Finished cells are skipped, an interrupted training run resumes, and the CSV is
-    rewritten atomically after every cell.
+    rewritten atomically after every cell, so a grid stopped at any point resumes from its
+    finished parts.
     """
     from mediad.engine.trainer import train
 
@@ -184,105 +294,140 @@ def run_ablation(cfg: AblationConfig, out_dir: str | Path,
     table = out / "ablation.csv"
     rows = _read_rows(table)
     done = {(r["variant"], float(r["confounding"]), int(r["seed"])) for r in rows}
-    cells = [(c, v, s) for c in cfg.confounding for v in cfg.variants for s in cfg.seeds]
+    # every variant once first, then the main comparison (concat, mediad) over the other
+    # seeds, then the rest; confounded first: a grid stopped early still answers the
+    # question the study exists for
+    first = cfg.seeds[0]
+    cells = sorted(((c, v, s) for s in cfg.seeds for c in cfg.confounding
+                    for v in cfg.variants),
+                   key=lambda cell: (cell[2] != first, cell[1] not in ("concat", "mediad"),
+                                     cfg.seeds.index(cell[2]), -cell[0],
+                                     cfg.variants.index(cell[1])))
     for i, (conf, variant, seed) in enumerate(cells, 1):
         if (variant, conf, seed) in done:
             continue
         log(f"[{i}/{len(cells)}] {variant}, confounding {conf:g}, seed {seed}")
-        train_cohort, shifted = _cohorts(cfg, conf, out)
+        cohort = _cohort(cfg, out, "train", conf)
+        tests = {name: _cohort(cfg, out, name) for name in SHIFTED}
         run = out / "runs" / f"{variant}-c{conf:g}-s{seed}"
-        config = _train_config(cfg, variant, seed, train_cohort / "manifest.csv",
-                               out / "cache")
+        config = _train_config(cfg, variant, seed, cohort / "manifest.csv", out / "cache")
         started = time.perf_counter()
         if not (run / "metrics.json").is_file():
             train(config, run, resume=(run / "last.pt").is_file(), show_progress=False)
         seconds = time.perf_counter() - started
         split = json.loads((run / "splits.json").read_text(encoding="utf-8"))
-        y_t, p_t = _score(run, train_cohort / "manifest.csv", set(split["test"]), "test")
-        y_s, p_s = _score(run, shifted / "manifest.csv", None, "shifted")
-        test, shift = (tuple(bootstrap_statistic(lambda i, y=y, p=p: balanced_accuracy(
-            y[i], p[i]), len(y), n_boot=cfg.n_bootstrap, seed=seed).values())
-            for y, p in ((y_t, p_t), (y_s, p_s)))
         best = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["best_epoch"]
-        rows.append({
-            "variant": variant, "confounding": conf, "seed": seed, "n_test": len(y_t),
-            "bacc_test": round(test[0], 4), "bacc_test_low": round(test[1], 4),
-            "bacc_test_high": round(test[2], 4), "n_shifted": len(y_s),
-            "bacc_shifted": round(shift[0], 4), "bacc_shifted_low": round(shift[1], 4),
-            "bacc_shifted_high": round(shift[2], 4), "drop": round(test[0] - shift[0], 4),
-            "best_epoch": best, "train_seconds": round(seconds, 1)})
+        probe = (site_probe(run, cohort / "manifest.csv", seed)
+                 if VARIANTS[variant]["model"]["kind"] != "tabular" else float("nan"))
+        scores = {"in_distribution": _score(run, cohort / "manifest.csv", set(split["test"]),
+                                            "in_distribution")}
+        scores |= {name: _score(run, folder / "manifest.csv", None, name)
+                   for name, folder in tests.items()}
+        for name, (y, p) in scores.items():
+            ci = bootstrap_statistic(lambda i, y=y, p=p: balanced_accuracy(y[i], p[i]),
+                                     len(y), n_boot=cfg.n_bootstrap, seed=seed)
+            rows.append({"variant": variant, "confounding": conf, "seed": seed,
+                         "test_set": name, "n": len(y), "bacc": round(ci["value"], 4),
+                         "bacc_low": round(ci["ci_low"], 4),
+                         "bacc_high": round(ci["ci_high"], 4),
+                         "site_probe": round(probe, 4), "best_epoch": best,
+                         "train_seconds": round(seconds, 1)})
         _write_rows(table, rows)
-        log(f"    in-distribution {test[0]:.3f}, shifted {shift[0]:.3f}")
+        log("    " + ", ".join(f"{k} {r['bacc']:.3f}" for k, r in zip(
+            TEST_SETS, rows[-len(TEST_SETS):], strict=True)) + f"; site probe {probe:.2f}")
     write_summary(out, cfg)
     return out
 
 
-def drop_difference(reference: tuple[Any, Any], candidate: tuple[Any, Any], n_boot: int,
-                    seed: int) -> dict[str, float]:
-    """Reference's drop minus candidate's drop under shift, with a paired bootstrap CI.
-
-    Each argument is ``(in-distribution scores, shifted scores)``, arrays ``y`` and ``pred``
-    over the same subjects for both models. Every draw resamples the in-distribution and the
-    shifted subjects (each cohort on its own) and scores both models on that same draw.
-    """
-    n_t = len(reference[0]["y"])
-    groups = [f"t{i}" for i in range(n_t)] + [f"s{i}" for i in range(len(reference[1]["y"]))]
-
-    def drop(scores: tuple[Any, Any]) -> Callable[[np.ndarray], float]:
-        def stat(idx: np.ndarray) -> float:
-            it, ish = idx[idx < n_t], idx[idx >= n_t] - n_t
-            return (balanced_accuracy(scores[0]["y"][it], scores[0]["pred"][it])
-                    - balanced_accuracy(scores[1]["y"][ish], scores[1]["pred"][ish]))
-        return stat
-
-    return paired_bootstrap(drop(reference), drop(candidate), len(groups), groups, n_boot,
-                            seed)
+def recovered_share(variant: float, concat: float, ceiling: float) -> float:
+    """``(BA_variant - BA_concat) / (BA_ceiling - BA_concat)``: the share of the shortcut's
+    cost a variant wins back (1 = all of it; NaN when concat already reaches the ceiling)."""
+    gap = ceiling - concat
+    return float("nan") if gap <= 0.02 else (variant - concat) / gap
 
 
-def verdict(low: float, high: float, reference: str, candidate: str) -> str:
-    """The plain-words reading of a drop difference (reference minus candidate) and its CI."""
-    if low > 0:
-        return f"{candidate} loses less accuracy under shift than {reference}"
-    if high < 0:
-        return f"{candidate} loses MORE accuracy under shift than {reference}"
-    return f"no clear difference between {candidate} and {reference} under shift"
+def _scores_of(out: Path, variant: str, conf: float, seeds: list[int], test_set: str
+               ) -> list[dict[str, np.ndarray]]:
+    found = []
+    for seed in seeds:
+        path = out / "runs" / f"{variant}-c{conf:g}-s{seed}" / f"scores-{test_set}.npz"
+        if path.is_file():
+            found.append(dict(np.load(path)))
+    return found
 
 
-def verdicts(out: Path, cfg: AblationConfig, reference: str = "concat",
-             candidate: str = "mediad") -> list[str]:
-    """Plain statements: does ``candidate`` lose less under shift than ``reference``?
+def paired_difference(candidate: list[dict[str, np.ndarray]],
+                      reference: list[dict[str, np.ndarray]], n_boot: int,
+                      seed: int = 0) -> dict[str, float]:
+    """Seed-averaged balanced accuracy, candidate minus reference, on the same subjects,
+    with a paired bootstrap CI by subject (every draw scores all seeds of both models on
+    the same resampled subjects)."""
+    y = candidate[0]["y"]
 
-    Each seed's difference of drops gets a paired bootstrap CI over the same subjects; the
-    statement uses the mean over seeds and the widest interval among them.
-    """
+    def mean_ba(scores: list[dict[str, np.ndarray]]) -> Callable[[np.ndarray], float]:
+        return lambda i: float(np.mean([balanced_accuracy(y[i], s["pred"][i])
+                                        for s in scores]))
+
+    return paired_bootstrap(mean_ba(candidate), mean_ba(reference), len(y), n_boot=n_boot,
+                            seed=seed)
+
+
+def verdicts(out: Path, cfg: AblationConfig, reference: str = "concat") -> list[str]:
+    """Plain statements per variant at the highest confounding: shifted balanced accuracy
+    against ``reference`` (paired bootstrap over subjects, seeds averaged) and the share of
+    the shortcut's cost recovered, per shift axis."""
+    conf = max(cfg.confounding)
+    ceiling_conf = min(cfg.confounding)
     lines = []
-    for conf in cfg.confounding:
-        results, drops = [], {reference: [], candidate: []}
-        for seed in cfg.seeds:
-            data = {}
-            for v in (reference, candidate):
-                run = out / "runs" / f"{v}-c{conf:g}-s{seed}"
-                if not (run / "scores-test.npz").is_file():
-                    break
-                data[v] = (np.load(run / "scores-test.npz"), np.load(run / "scores-shifted.npz"))
-            if len(data) < 2:
+    for variant in [v for v in cfg.variants if v != reference]:
+        parts = []
+        for test_set in SHIFTED:
+            cand = _scores_of(out, variant, conf, cfg.seeds, test_set)
+            ref = _scores_of(out, reference, conf, cfg.seeds, test_set)
+            if not cand or not ref:
                 continue
-            for v, (test, shifted) in data.items():
-                drops[v].append(balanced_accuracy(test["y"], test["pred"])
-                                - balanced_accuracy(shifted["y"], shifted["pred"]))
-            results.append(drop_difference(data[reference], data[candidate], cfg.n_bootstrap,
-                                           seed))
-        if not results:
-            continue
-        gain = float(np.mean([r["value"] for r in results]))
-        lo = float(np.nanmin([r["ci_low"] for r in results]))
-        hi = float(np.nanmax([r["ci_high"] for r in results]))
-        lines.append(f"Confounding {conf:g}: {verdict(lo, hi, reference, candidate)}. "
-                     f"Drop under shift: {reference} {100 * np.mean(drops[reference]):.1f} "
-                     f"points, {candidate} {100 * np.mean(drops[candidate]):.1f} points; "
-                     f"{reference} minus {candidate} = {100 * gain:+.1f} points (95 % CI "
-                     f"{100 * lo:+.1f} to {100 * hi:+.1f}; {len(results)} seed(s)).")
+            diff = paired_difference(cand, ref, cfg.n_bootstrap)
+            ceil = _scores_of(out, variant, ceiling_conf, cfg.seeds, test_set)
+            share = ""
+            if ceil and ceiling_conf < conf:
+                mean = lambda s: float(np.mean([balanced_accuracy(x["y"], x["pred"])  # noqa: E731
+                                                for x in s]))
+                r = recovered_share(mean(cand), mean(ref), mean(ceil))
+                share = (", recovers n/a (no shortcut cost)" if r != r
+                         else f", recovers {100 * r:.0f} %")
+            word = ("above" if diff["ci_low"] > 0 else "BELOW" if diff["ci_high"] < 0
+                    else "not different from")
+            parts.append(f"{test_set.replace('_', ' ')}: {word} {reference} "
+                         f"({100 * diff['value']:+.1f} points, 95 % CI "
+                         f"{100 * diff['ci_low']:+.1f} to {100 * diff['ci_high']:+.1f}{share})")
+        if parts:
+            n = len(_scores_of(out, variant, conf, cfg.seeds, "site_reversed"))
+            lines.append(f"**{variant}** at confounding {conf:g} ({n} seed(s)): "
+                         + "; ".join(parts) + ".")
     return lines
+
+
+def _target(out: Path, cfg: AblationConfig) -> str:
+    """Issue 11's target for mediad, met or not, in numbers."""
+    conf, low = max(cfg.confounding), min(cfg.confounding)
+    if "mediad" not in cfg.variants or "concat" not in cfg.variants or low == conf:
+        return ""
+    mean = lambda s: float(np.mean([balanced_accuracy(x["y"], x["pred"]) for x in s]))  # noqa: E731
+    shares, below = {}, []
+    for test_set in SHIFTED:
+        cand, ref, ceil = (_scores_of(out, v, c, cfg.seeds, test_set)
+                           for v, c in (("mediad", conf), ("concat", conf), ("mediad", low)))
+        if not (cand and ref and ceil):
+            return ""
+        shares[test_set] = recovered_share(mean(cand), mean(ref), mean(ceil))
+        if paired_difference(cand, ref, cfg.n_bootstrap)["ci_high"] < 0:
+            below.append(test_set)
+    met = (all(shares[k] >= 0.8 for k in ("site_reversed", "unseen_scanner"))
+           and not below)
+    return (f"Target (mediad recovers ≥ 80 % on the site axis and the unseen scanner, and is "
+            f"below concat on no axis): **{'met' if met else 'not met'}**. Recovered: "
+            + ", ".join(f"{k.replace('_', ' ')} {100 * v:.0f} %" for k, v in shares.items())
+            + (f"; below concat on {', '.join(below)}." if below else "."))
 
 
 def write_summary(out: Path, cfg: AblationConfig) -> None:
@@ -294,43 +439,66 @@ def write_summary(out: Path, cfg: AblationConfig) -> None:
     import pandas as pd
 
     frame = pd.read_csv(out / "ablation.csv")
-    mean = frame.groupby(["variant", "confounding"]).mean(numeric_only=True).reset_index()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (variant, g) in enumerate(mean.groupby("variant", sort=False)):
-        color = f"C{i}"
-        ax.errorbar(g.confounding, g.bacc_test, yerr=[g.bacc_test - g.bacc_test_low,
-                                                      g.bacc_test_high - g.bacc_test],
-                    fmt="o-", color=color, capsize=3, label=f"{variant} (in-distribution)")
-        ax.errorbar(g.confounding + 0.01, g.bacc_shifted,
-                    yerr=[g.bacc_shifted - g.bacc_shifted_low,
-                          g.bacc_shifted_high - g.bacc_shifted],
-                    fmt="s--", color=color, capsize=3, label=f"{variant} (shifted)")
-    ax.axhline(1 / 3, ls=":", color="grey")
-    ax.set(xlabel="confounding strength (site-diagnosis selection bias)",
-           ylabel="balanced accuracy (95 % CI)", ylim=(0, 1),
-           title="In-distribution (solid) vs shifted (dashed)")
-    ax.legend(fontsize=7, ncol=2)
+    mean = frame.groupby(["variant", "confounding", "test_set"], sort=False).agg(
+        bacc=("bacc", "mean"), sd=("bacc", "std"), seeds=("seed", "nunique"),
+        site_probe=("site_probe", "mean")).reset_index()
+    variants = [v for v in cfg.variants if v in set(frame.variant)]
+    confs = sorted(set(frame.confounding))
+    fig, axes = plt.subplots(1, len(confs), figsize=(5.5 * len(confs), 4.2), squeeze=False)
+    width = 0.8 / max(1, len(variants))
+    for ax, conf in zip(axes[0], confs, strict=True):
+        for i, variant in enumerate(variants):
+            g = mean[(mean.variant == variant) & (mean.confounding == conf)].set_index(
+                "test_set").reindex(list(TEST_SETS))
+            ax.bar(np.arange(len(TEST_SETS)) + i * width, g.bacc, width,
+                   yerr=g.sd.fillna(0), capsize=2, label=variant, color=f"C{i}")
+        ax.axhline(1 / 3, ls=":", color="grey")
+        ax.set_xticks(np.arange(len(TEST_SETS)) + 0.4 - width / 2,
+                      [t.replace("_", "\n") for t in TEST_SETS], fontsize=8)
+        ax.set(ylim=(0, 1), ylabel="balanced accuracy (mean ± sd over seeds)",
+               title=f"trained at confounding {conf:g}")
+    axes[0][-1].legend(fontsize=7)
     with atomic_path(out / "ablation.png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    lines = ["| variant | confounding | seeds | in-distribution | shifted | drop |",
-             "|---|---|---|---|---|---|"]
-    counts = frame.groupby(["variant", "confounding"]).size()
-    for r in mean.to_dict("records"):  # dicts: a Series has a .drop method
-        lines.append(
-            f"| {r['variant']} | {r['confounding']:g} | "
-            f"{counts[(r['variant'], r['confounding'])]} | "
-            f"{r['bacc_test']:.3f} ({r['bacc_test_low']:.3f}–{r['bacc_test_high']:.3f}) | "
-            f"{r['bacc_shifted']:.3f} ({r['bacc_shifted_low']:.3f}–"
-            f"{r['bacc_shifted_high']:.3f}) | {100 * r['drop']:+.1f} |")
-    verdict = verdicts(out, cfg) or ["Not enough cells yet for the MediAD vs concat verdict."]
+    header = "| variant | confounding | seeds | " + " | ".join(
+        t.replace("_", " ") for t in TEST_SETS) + " | site probe |"
+    lines = [header, "|" + "---|" * (len(TEST_SETS) + 4)]
+    for variant in variants:
+        for conf in confs:
+            g = mean[(mean.variant == variant) & (mean.confounding == conf)].set_index(
+                "test_set")
+            if g.empty:
+                continue
+            cells = [(f"{g.bacc[t]:.3f}" + (f" ± {g.sd[t]:.3f}" if g.seeds[t] > 1 else ""))
+                     if t in g.index else "–" for t in TEST_SETS]
+            lines.append(f"| {variant} | {conf:g} | {int(g.seeds.max())} | "
+                         + " | ".join(cells) + f" | {g.site_probe.mean():.2f} |")
+    found = verdicts(out, cfg) or ["Not enough cells yet for a verdict."]
+    target = _target(out, cfg)
+    ind = mean[mean.test_set == "in_distribution"]
+    unlearned = [f"{r.variant} at confounding {r.confounding:g} ({r.bacc:.2f})"
+                 for r in ind.itertuples() if r.bacc < 1 / 3 + 0.1]
+    if unlearned:  # a model at chance on its own test split says nothing about shortcuts
+        found.insert(0, "Did not learn (in-distribution balanced accuracy within 0.1 of "
+                     f"chance), so their shifted scores say nothing about the shortcut: "
+                     f"{'; '.join(unlearned)}.")
+    described = [f"- `{v}`: {DESCRIPTIONS[v]}" for v in variants]
     text = "\n".join([
         "# MediAD confounder ablation", "", f"> **{RESEARCH_NOTICE}**", "",
-        "Each variant is trained on a synthetic cohort at the given confounding strength and "
-        "scored on its held-out test split (in-distribution) and on a cohort of new subjects "
-        "in which the site–diagnosis and age–diagnosis links are reversed (shifted). "
-        f"Inputs leave out {', '.join(cfg.exclude_fields) or 'nothing'}. Balanced accuracy "
-        "with 95 % bootstrap CIs; drop = in-distribution − shifted, in points.", "",
-        "## Verdict", *[f"- {v}" for v in verdict], "", "## Results", *lines, "",
+        "Each variant is trained on a synthetic cohort at the given confounding strength "
+        "(site–diagnosis selection bias) and scored on five test sets: its own held-out "
+        "split (in distribution); new subjects with the site–diagnosis link reversed; with "
+        "the age–diagnosis link reversed; from a scanner no training site has; and with both "
+        f"links reversed (shifted sets drawn at strength {cfg.shift_confounding:g}, shared by "
+        f"every cell). Inputs leave out {', '.join(cfg.exclude_fields) or 'nothing'}. "
+        "Balanced accuracy, mean ± sd over seeds. The verdict compares shifted balanced "
+        "accuracy with concat's on the same subjects (paired bootstrap, seeds averaged) and "
+        "gives the recovered share (BA − BA_concat) / (BA_ceiling − BA_concat), the ceiling "
+        "being the same variant trained at confounding 0. The site probe is the "
+        "cross-validated balanced accuracy of a linear classifier reading the site from the "
+        "features the label is read from (chance 0.33).", "",
+        "## Verdict", *([target, ""] if target else []), *[f"- {v}" for v in found], "",
+        "## Variants", *described, "", "## Results", *lines, "",
         "![ablation](ablation.png)", ""])
     atomic_write_text(out / "ablation.md", text)

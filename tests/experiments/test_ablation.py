@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 
 from mediad.errors import InputError
-from mediad.experiments.ablation import QUICK, AblationConfig, run_ablation
+from mediad.experiments.ablation import (
+    QUICK,
+    TEST_SETS,
+    AblationConfig,
+    paired_difference,
+    recovered_share,
+    run_ablation,
+)
 
 TOY = AblationConfig(variants=["concat", "mediad"], confounding=[0.8], seeds=[0], n_train=36,
                      n_shifted=12, spacing=8.0, shape=(32, 32, 32), epochs=1, patience=1,
-                     n_bootstrap=20)
+                     min_epochs=1, n_bootstrap=20, workers=1)
 
 
 @pytest.mark.slow
@@ -21,26 +28,52 @@ def test_grid_outputs_and_resume(tmp_path: Path) -> None:
     logs: list[str] = []
     run_ablation(TOY, tmp_path, log=logs.append)
     rows = list(csv.DictReader(open(tmp_path / "ablation.csv")))
-    assert [(r["variant"], r["confounding"]) for r in rows] == [("concat", "0.8"),
-                                                                ("mediad", "0.8")]
+    assert [(r["variant"], r["test_set"]) for r in rows] == [
+        (v, t) for v in ("concat", "mediad") for t in TEST_SETS]
     for r in rows:
-        assert float(r["bacc_test_low"]) <= float(r["bacc_test"]) <= float(r["bacc_test_high"])
-        assert int(r["n_shifted"]) == 12
+        assert float(r["bacc_low"]) <= float(r["bacc"]) <= float(r["bacc_high"])
+        assert int(r["n"]) == (12 if r["test_set"] != "in_distribution" else int(rows[0]["n"]))
+        assert 0 <= float(r["site_probe"]) <= 1
     md = (tmp_path / "ablation.md").read_text()
-    assert "## Verdict" in md and "Confounding 0.8:" in md and "Research use only" in md
-    assert "mmse, cdr_sb, adas13, faq" in md
+    assert "## Verdict" in md and "**mediad** at confounding 0.8" in md
+    assert "Research use only" in md and "mmse, cdr_sb, adas13, faq" in md
     assert (tmp_path / "ablation.png").stat().st_size > 5000
     # a crash after the first cell: the second is redone, the first is not, no duplicates
     with open(tmp_path / "ablation.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerow(rows[0])
+        writer.writerows(rows[:len(TEST_SETS)])
     logs.clear()
     run_ablation(TOY, tmp_path, log=logs.append)
     assert [line for line in logs if line.startswith("[")] == ["[2/2] mediad, confounding "
                                                                "0.8, seed 0"]
     again = list(csv.DictReader(open(tmp_path / "ablation.csv")))
-    assert len(again) == 2 and again[1]["bacc_shifted"] == rows[1]["bacc_shifted"]
+    assert len(again) == len(rows) and again[-1]["bacc"] == rows[-1]["bacc"]
+
+
+def test_test_sets_take_the_shift_axes_apart() -> None:
+    """Each shifted test set moves one axis: the site link, the age link, the scanner, or
+    both links; all are drawn at the shift strength whatever the training confounding."""
+    from mediad.data.simulate import draw_population
+    from mediad.experiments.ablation import _simulation
+
+    cfg = TOY.model_copy(update={"n_shifted": 3000})
+
+    def links(name: str) -> tuple[float, float]:
+        f = draw_population(_simulation(cfg, name, 0.0))
+        ad = f.diagnosis == "AD"
+        site_gap = float((f.site[ad] == "SITE-A").mean() - (f.site[~ad] == "SITE-A").mean())
+        return site_gap, float(np.corrcoef(f.age, f.diagnosis.map(
+            {"CN": 0, "MCI": 1, "AD": 2}))[0, 1])
+
+    site, age = links("site_reversed")
+    assert site < -0.1 and age > 0.1  # SITE-A (memory clinic) now recruits *less* AD
+    site, age = links("age_reversed")
+    assert site > 0.1 and age < -0.1
+    site, age = links("combined")
+    assert site < -0.1 and age < -0.1
+    unseen = draw_population(_simulation(cfg, "unseen_scanner", 0.0))
+    assert set(unseen.site) == {"SITE-X"}
 
 
 def test_config_errors(tmp_path: Path) -> None:
@@ -60,22 +93,26 @@ def _scores(y: np.ndarray, correct: float, seed: int) -> dict[str, np.ndarray]:
     return {"y": y, "pred": np.where(right, y, (y + 1) % 3)}
 
 
-@pytest.mark.parametrize(("ref_shift", "cand_shift", "expected"), [
-    (0.4, 0.85, "mediad loses less accuracy under shift than concat"),
-    (0.85, 0.4, "mediad loses MORE accuracy under shift than concat"),
-    (0.7, 0.7, "no clear difference between mediad and concat under shift"),
-])
-def test_verdict_reads_the_paired_bootstrap(ref_shift: float, cand_shift: float,
-                                            expected: str) -> None:
-    from mediad.experiments.ablation import drop_difference, verdict
+def test_recovered_share() -> None:
+    assert recovered_share(0.7, 0.5, 0.9) == pytest.approx(0.5)
+    assert recovered_share(0.4, 0.5, 0.9) == pytest.approx(-0.25)  # worse than concat
+    assert np.isnan(recovered_share(0.8, 0.8, 0.8))  # no shortcut cost to recover
 
+
+@pytest.mark.parametrize(("ref", "cand", "sign"), [(0.4, 0.85, 1), (0.85, 0.4, -1),
+                                                   (0.7, 0.7, 0)])
+def test_paired_difference_reads_the_bootstrap(ref: float, cand: float, sign: int) -> None:
     y = np.arange(150) % 3
-    test = _scores(y, 0.9, 0)
-    ref = (test, _scores(y, ref_shift, 1))
-    cand = (test, _scores(y, cand_shift, 1 if ref_shift == cand_shift else 2))
-    diff = drop_difference(ref, cand, n_boot=300, seed=0)
+    seeds = [_scores(y, cand, s) for s in (1, 2, 3)]
+    refs = [_scores(y, ref, s + (0 if sign == 0 else 10)) for s in (1, 2, 3)]
+    diff = paired_difference(seeds, refs, n_boot=300)
     assert diff["ci_low"] <= diff["value"] <= diff["ci_high"]
-    assert verdict(diff["ci_low"], diff["ci_high"], "concat", "mediad") == expected
+    if sign > 0:
+        assert diff["ci_low"] > 0
+    elif sign < 0:
+        assert diff["ci_high"] < 0
+    else:
+        assert diff["value"] == 0 and diff["ci_low"] <= 0 <= diff["ci_high"]
 
 
 def test_paired_bootstrap_is_narrower_than_unpaired() -> None:
