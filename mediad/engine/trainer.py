@@ -368,8 +368,9 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
             if show_progress:
                 val = metrics.get("val", {})
                 tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.3f}, val balanced "
-                           f"accuracy {val.get('balanced_accuracy', float('nan')):.3f}"
-                           + (" (best)" if improved else ""))
+                           f"accuracy {val.get('balanced_accuracy', float('nan')):.3f}, "
+                           f"site-balanced {val.get('site_balanced_accuracy', float('nan')):.3f}"
+                           + (f" (best {key.replace('_', ' ')})" if improved else ""))
         if d.world > 1:
             dist.barrier()
         if state["stale"] >= oc.patience and epoch >= oc.min_epochs:
