@@ -160,7 +160,7 @@ class Predictor:
         Raises:
             MediADError: an item with nothing to predict from, or an unusable MRI (named).
         """
-        run = self._run(items)
+        run = self.run_network(items)
         patterns = [input_pattern(use, record is not None)
                     for use, (_, record) in zip(run["use_mri"], items, strict=True)]
         log_p = run["log_p"]
@@ -183,9 +183,16 @@ class Predictor:
         """
         if isinstance(self.model, TabularBaseline):
             raise MediADError("the tabular baseline has no learned features")
-        return self._run(items)["readout"]
+        return self.run_network(items)["readout"]
 
-    def _run(self, items: list[tuple[Any, ClinicalRecord | None]]) -> dict[str, Any]:
+    def run_network(self, items: list[tuple[Any, ClinicalRecord | None]]) -> dict[str, Any]:
+        """The network's own output, before calibration and flags: per item whether the MRI
+        was used, the summary, the sample, ``log_p`` (uncalibrated), the QC record, the
+        read-out features and the T1 contrast (what :meth:`predict_many` builds on).
+
+        Raises:
+            MediADError: as :meth:`predict_many`.
+        """
         mc = self.config.model
         tabular_model = isinstance(self.model, TabularBaseline)
         for mri, record in items:
@@ -207,8 +214,7 @@ class Predictor:
             x = np.stack([np.where(s["tab_mask"] > 0, s["tab_values"], np.nan)
                           for s in samples])
             log_p = self.model.predict_log_proba(x)
-            qcs = [None] * len(items)
-            loaded = []
+            qcs = contrast = [None] * len(items)
         else:
             blank = torch.zeros((1, *self.config.data.imaging.shape))
             loaded = [self.load_image(m) if use else PreparedMRI(blank)
@@ -224,9 +230,8 @@ class Predictor:
             log_p = out.log_probs.float().cpu().numpy()
             if out.readout is not None:
                 readout = out.readout.float().cpu().numpy()
-        contrast = [self.contrast(p.tensor) if (use and p.preprocessed is not None) else None
-                    for p, use in zip(loaded, use_mri, strict=True)] if not tabular_model else (
-            [None] * len(items))
+            contrast = [self.contrast(p.tensor) if (use and p.preprocessed is not None)
+                        else None for p, use in zip(loaded, use_mri, strict=True)]
         return {"use_mri": use_mri, "summaries": summaries, "samples": samples,
                 "log_p": log_p, "qc": qcs, "readout": readout, "contrast": contrast}
 

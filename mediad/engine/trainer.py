@@ -78,8 +78,7 @@ def predict_loader(model: MultimodalNet, loader: DataLoader, device: torch.devic
                    pattern: InputPattern | None = None) -> dict[str, np.ndarray]:
     """Predictions over a loader: ``y``, ``log_probs`` (P(Y|do(X))), ``log_probs_mediator``
     (the auxiliary mediator head), ``features`` (what the label is read from) and sample
-    ``index``; ``pattern`` hides the
-    inputs outside it (calibration per input pattern)."""
+    ``index``; ``pattern`` hides the inputs outside it (calibration per input pattern)."""
     model.eval()
     keys = ("y", "log_probs", "log_probs_mediator", "features", "index")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}

@@ -88,7 +88,7 @@ def test_training_stores_calibration_and_predictions_use_it(predictor: Predictor
     for p in (both, mri, rec):
         assert abs(sum(p.probabilities.values()) - 1) < 1e-4
     # the calibrated answer is the network's, divided by the pattern's temperature
-    raw = predictor._run([(row.mri_path, None)])["log_p"]
+    raw = predictor.run_network([(row.mri_path, None)])["log_p"]
     np.testing.assert_allclose(list(mri.probabilities.values()),
                                np.exp(cal.calibrate(raw, ["mri"]))[0], atol=1e-5)
 

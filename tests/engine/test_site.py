@@ -70,7 +70,7 @@ def test_trained_back_door_reads_the_site_but_prediction_needs_none(tiny_run: Pa
     assert model.back_door is not None and model.back_door.prior.shape == (3,)
     rows = load_manifest(tiny_cohort / "manifest.csv").rows[:4]
     items = [(r.mri_path, r) for r in rows]
-    run = predictor._run(items)
+    run = predictor.run_network(items)
     batch = {k: torch.as_tensor(np.stack([np.asarray(s[k]) for s in run["samples"]]))
              for k in run["samples"][0] if k != "image"}
     batch["image"] = torch.stack([predictor.load_image(r.mri_path).tensor for r in rows])

@@ -50,7 +50,7 @@ def test_checkpoint_round_trip_reproduces_predictions(run: Path, tiny_cohort: Pa
             if r.subject_id in split["test"]]
     probs = [predictor.predict(r.mri_path, r) for r in rows]
     # the network's own output (what training scored), before calibration
-    log_p = predictor._run([(r.mri_path, r) for r in rows])["log_p"]
+    log_p = predictor.run_network([(r.mri_path, r) for r in rows])["log_p"]
     nll = -np.mean([lp[predictor.classes.index(r.diagnosis)] for lp, r in zip(
         log_p, rows, strict=True)])
     reported = json.loads((run / "metrics.json").read_text())["test"]["log_loss"]
