@@ -273,7 +273,10 @@ def test_refused_cohort_run_leaves_no_folder(app_env: Path) -> None:
 
 
 def test_ablations_page(app_env: Path) -> None:
+    """Every run found is offered (the data folder's, and the results committed under the
+    working directory); the one chosen is the one shown."""
     at = page("ablations")
+    at.selectbox[0].set_value(app_env / "ablation-run").run()
     assert "site reversed: not different from concat" in texts(at)
     assert not at.exception
 
