@@ -48,6 +48,9 @@ class OptimConfig(BaseModel):
     site_balance: bool = Field(
         True, description="Weight training samples to the site-balanced distribution "
         "P(site) P(diagnosis), where the manifest records sites (training only).")
+    site_adversarial_warmup: int = Field(
+        0, ge=0, le=1000, description="Epochs over which the site adversary's weight ramps "
+        "up from 0 (the DANN schedule 2/(1+exp(-10p))-1); 0: full weight from the start.")
     selection: Literal["site_balanced", "balanced"] = Field(
         "site_balanced", description="Checkpoint selection score on validation: balanced "
         "accuracy with every site weighted alike per class (does not reward a site "

@@ -309,6 +309,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         # seeded per epoch and rank, so a resumed run hides the same inputs
         dropout_rng = torch.Generator().manual_seed(oc.seed * 100_003 + epoch * 101 + d.rank)
         _seed_augmentation(train_set, oc.seed + epoch)
+        model.site_scale = warmup_factor(epoch, oc.site_adversarial_warmup)
         net.train()
         total, n, feats, feat_sites = 0.0, 0, [], []
         bar = tqdm(loader, desc=f"epoch {epoch}/{oc.epochs}", leave=False,
@@ -446,6 +447,16 @@ def _pattern_metrics(model: MultimodalNet, loader: DataLoader, device: torch.dev
             "ece_after": expected_calibration_error(y, np.exp(calibrated)),
         }
     return out
+
+
+def warmup_factor(epoch: int, warmup: int) -> float:
+    """The DANN schedule ``2 / (1 + exp(-10 p)) - 1`` over ``warmup`` epochs (1 without):
+    0 at the first epoch, about 1 after ``warmup``, so an adversary does not scramble
+    features before there is anything to read from them."""
+    if warmup <= 0:
+        return 1.0
+    p = min(1.0, (epoch - 1) / warmup)
+    return float(2.0 / (1.0 + np.exp(-10.0 * p)) - 1.0)
 
 
 def _seed_augmentation(dataset: Any, seed: int) -> None:

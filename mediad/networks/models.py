@@ -206,6 +206,7 @@ class MultimodalNet(nn.Module):
         self.modality = nn.Parameter(torch.zeros(3, d))
         self.front_door: FrontDoorAdjustment | None = None  # only MediAD has a dictionary
         self.site_adversary: nn.Module | None = None  # see add_site_adversary
+        self.site_scale = 1.0  # the trainer's warm-up factor on the adversary's weight
 
     def add_site_adversary(self, width: int) -> None:
         """A site classifier on the ``width`` features the label is read from, trained
@@ -226,7 +227,8 @@ class MultimodalNet(nn.Module):
                   aux: dict[str, torch.Tensor]) -> None:
         """Record the adversary's site logits for :meth:`losses` (training only)."""
         if self.site_adversary is not None and self.training:
-            reversed_ = _GradReverse.apply(features, self.config.site_adversarial_weight)
+            reversed_ = _GradReverse.apply(features, self.config.site_adversarial_weight
+                                           * self.site_scale)
             aux["site_logits"] = self.site_adversary(reversed_)
             aux["site"] = self.training_site(batch)
 

@@ -240,3 +240,24 @@ def test_modality_dropout_hides_inputs_but_keeps_one() -> None:
     assert (out["tab_mask"].amax(1) == out["tab_mask"].amin(1)).all()
     assert bool(b["has_text"].all())  # the caller's batch is not modified
     assert drop_modalities(b, 0.0, torch.Generator()) is b
+
+
+def test_site_adversary_warm_up_scales_what_reaches_the_features() -> None:
+    """At warm-up factor 0 the adversary learns but sends nothing back into the features;
+    at 1 it does (the DANN schedule ramps between them)."""
+    from mediad.engine.trainer import warmup_factor
+
+    assert warmup_factor(1, 10) == 0.0 and warmup_factor(11, 10) > 0.999
+    assert 0.4 < warmup_factor(2, 10) < 0.5 and warmup_factor(1, 0) == 1.0
+    b = batch()
+    grads = {}
+    for scale in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(kind="concat", sites=("A", "B", "C"),
+                                        site_adversarial=1.0, **SMALL), SHAPE).train()
+        model.site_scale = scale
+        model.losses(model(b), b["label"])["site_adversarial"].backward()
+        grads[scale] = model.text[0].weight.grad
+        assert model.site_adversary[0].weight.grad.abs().sum() > 0  # the adversary learns
+    assert grads[0.0] is None or grads[0.0].abs().sum() == 0
+    assert grads[1.0].abs().sum() > 0
