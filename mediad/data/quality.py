@@ -79,7 +79,7 @@ def tissue_maps(spacing: tuple[float, float, float], shape: tuple[int, int, int]
     with tempfile.TemporaryDirectory() as tmp:
         for name, m in maps.items():
             path = Path(tmp) / f"{name}.nii"
-            # a mask with a tiny ramp: the ingest's percentile scaling needs a range
+            # a 0/1 mask through the same ingest: the result is above 0.5 where the tissue is
             nib.save(nib.Nifti1Image(m.astype(np.float32), template.affine), str(path))
             out[name] = pipeline({"image": str(path)})["image"][0] > 0.5
     return out
