@@ -38,7 +38,7 @@ from mediad.summarize.template import (
     render_text,
     sanitize_free_text,
 )
-from mediad.summarize.verify import verify_section, verify_summary
+from mediad.summarize.verify import VERIFIER_VERSION, verify_section, verify_summary
 
 __all__ = [
     "Provenance",
@@ -203,6 +203,7 @@ class Summarizer:
             "record": content, "template": self.template.version, "backend": self.backend,
             "model": self.model_id, "decoding": self.config.decoding.model_dump(),
             "max_attempts": self.config.max_attempts if self.generator else 0,
+            "verifier": VERIFIER_VERSION if self.generator else None,
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 

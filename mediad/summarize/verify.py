@@ -19,9 +19,15 @@ from mediad.summarize.template import (
     SectionSpec,
     SummaryTemplate,
     format_value,
+    render_text,
 )
 
-__all__ = ["FIELD_KEYWORDS", "numbers_in", "verify_section", "verify_summary"]
+__all__ = ["FIELD_KEYWORDS", "VERIFIER_VERSION", "bind_numbers", "numbers_in",
+           "verify_section", "verify_summary"]
+
+#: Part of every summary cache key: a stricter verifier must not serve texts that an older
+#: one accepted.
+VERIFIER_VERSION = "2"
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 _FEMALE = re.compile(r"(?i)\b(?:she|her|hers|woman|women|female|lady|mrs|ms)\b")
@@ -57,6 +63,111 @@ _APOE_COUNT = {
 
 def numbers_in(text: str) -> list[float]:
     return [float(m) for m in _NUMBER.findall(text)]
+
+
+#: Fields whose number comes *before* their words ("an 81-year-old", "12 years of education").
+_TRAILING = (("age", re.compile(r"(?i)^\s*-?\s*years?[- ]old")),
+             ("education_years", re.compile(r"(?i)^\s*years? of (?:formal )?"
+                                            r"(?:education|school)")))
+
+
+class _Group:
+    """One statement of a field: where it starts, its text, the numbers bound to it."""
+
+    def __init__(self, name: str, start: int) -> None:
+        self.name, self.start, self.text = name, start, ""
+        self.numbers: list[float] = []
+
+
+def _mentions(text: str, fields: Iterable[str]) -> list[tuple[int, int, str]]:
+    low = text.lower()
+    found = []
+    for name in fields:
+        for k in FIELD_KEYWORDS.get(name, ()):
+            found += [(m.start(), m.start() + len(k), name)
+                      for m in re.finditer(re.escape(k), low)]
+    return sorted(found)
+
+
+def bind_numbers(text: str, fields: Iterable[str]) -> tuple[list[_Group], list[float]]:
+    """Tie every number of ``text`` to the field it states.
+
+    A number belongs to the field named right after it when that field's value comes first
+    ("an 81-year-old"), else to the nearest field named before it ("MMSE 26/30, FAQ 4/30":
+    26 and 30 to MMSE, 4 and 30 to FAQ). Mentions of one field with no number between them
+    are one statement ("Mini-Mental State Examination (MMSE) 26"); a field stated twice has
+    two. Returns ``(statements in text order, numbers tied to no field)``.
+    """
+    groups: list[_Group] = []
+    for start, end, name in _mentions(text, fields):
+        last = groups[-1] if groups else None
+        if last is not None and start < last.end:  # overlapping keywords of one mention
+            last.end = max(last.end, end)
+            continue
+        between = text[last.end:start] if last is not None else ""
+        if last is not None and last.name == name and not _NUMBER.search(between):
+            last.end = end
+            continue
+        group = _Group(name, start)
+        group.end = end
+        groups.append(group)
+    for i, g in enumerate(groups):
+        g.text = text[g.start:groups[i + 1].start if i + 1 < len(groups) else len(text)]
+    unbound = []
+    for m in _NUMBER.finditer(text):
+        value = float(m.group(0))
+        owner = next((g for name, rx in _TRAILING if rx.match(text[m.end():])
+                      for g in groups if g.name == name and g.start >= m.end()), None)
+        if owner is None:
+            before = [g for g in groups if g.start <= m.start()]
+            owner = before[-1] if before else None
+        if owner is None:
+            unbound.append(value)
+        else:
+            owner.numbers.append(value)
+    return groups, unbound
+
+
+def _fixed_numbers(section: SectionSpec, name: str) -> list[float]:
+    """Numbers that are part of a field's name or scale ("ADAS-Cog-13", "/30"), not values."""
+    spec = section.fields[name]
+    return numbers_in(spec.label) + numbers_in(render_text(spec.text, value="V"))
+
+
+def _binding_problems(section: SectionSpec, text: str, record: ClinicalRecord,
+                      fields: list[str]) -> list[str]:
+    """Each stated number must be its own field's recorded value, stated once; a field
+    that is not recorded may carry no value."""
+    title = section.title
+    groups, unbound = bind_numbers(text, fields)
+    problems = [f"{title}: number {format_value(v)} is tied to no field" for v in unbound]
+    for name in fields:
+        own = [g for g in groups if g.name == name]
+        if len(own) > 1:
+            problems.append(f"{title}: {name} is stated {len(own)} times")
+        value = getattr(record, name)
+        for g in own:
+            stated = list(g.numbers)
+            for fixed in _fixed_numbers(section, name):  # once: "FAQ 30/30" keeps a 30
+                if fixed in stated:
+                    stated.remove(fixed)
+            if name in ("apoe4", "sex"):
+                continue  # words ("one allele", "woman"), checked on their own
+            if value is None or isinstance(value, bool):
+                if stated:
+                    problems.append(f"{title}: {name} is "
+                                    f"{'not recorded' if value is None else 'yes/no'} in the "
+                                    f"record, but the text gives "
+                                    f"{', '.join(format_value(v) for v in stated)}")
+                continue
+            wrong = [v for v in stated if not _matches(v, [float(value)])]
+            if wrong:
+                problems.append(f"{title}: {name} is {format_value(value)} in the record, the "
+                                f"text gives {', '.join(format_value(v) for v in wrong)}")
+            if _UNKNOWN.search(g.text):
+                problems.append(f"{title}: {name} is recorded, but the text says not "
+                                "recorded")
+    return problems
 
 
 def _matches(value: float, allowed: Iterable[float]) -> bool:
@@ -129,6 +240,7 @@ def verify_section(template: SummaryTemplate, section: SectionSpec, sentence: st
     for name in fields:
         value = getattr(record, name)
         problems += _fact_problems(section.title, name, value, text)
+    problems += _binding_problems(section, text, record, fields)
     if "sex" in section.fields:
         problems += [f"{section.title}: {p}" for p in _sex_problems(
             text, record.sex if "sex" in fields else None)]

@@ -62,6 +62,41 @@ def test_each_kind_of_error_is_caught(template: SummaryTemplate, record: Clinica
     assert any(expected in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # what SmolLM2 wrote for a record with ADAS13 not recorded and FAQ 0: a value
+        # invented for one field and a recorded one dropped, every number in the record
+        ("MMSE 28/30, CDR-SB 0.5, ADAS-Cog-13 0/30, FAQ not recorded.",
+         ["adas13 is not recorded in the record, but the text gives 0, 30",
+          "faq is recorded, but the text says not recorded"]),
+        ("MMSE 28/30, CDR-SB 0.5, ADAS-Cog-13 not recorded, FAQ 0/30, FAQ 0/30.",
+         ["faq is stated 2 times"]),
+        ("MMSE 0.5/30, CDR-SB 28, ADAS-Cog-13 not recorded, FAQ 0/30.",
+         ["mmse is 28 in the record, the text gives 0.5",
+          "cdr_sb is 0.5 in the record, the text gives 28"]),
+    ],
+)
+def test_numbers_are_bound_to_their_fields(template: SummaryTemplate, record: ClinicalRecord,
+                                           text: str, expected: list[str]) -> None:
+    record = record.model_copy(update={"adas13": None, "faq": 0})
+    problems = section_problems(template, record, "Cognition", text)
+    for reason in expected:
+        assert any(reason in p for p in problems), problems
+    # the same facts, each with its own field, once: accepted
+    good = "Mini-Mental State Examination (MMSE) 28/30, CDR-SB 0.5, ADAS-Cog-13 not recorded, " \
+           "FAQ 0/30."
+    assert section_problems(template, record, "Cognition", good) == []
+
+
+def test_numbers_before_their_words_are_bound(template: SummaryTemplate,
+                                              record: ClinicalRecord) -> None:
+    swapped = "A 16-year-old woman with 74 years of education."
+    problems = section_problems(template, record, "Demographics", swapped)
+    assert any("age is 74.3 in the record, the text gives 16" in p for p in problems)
+    assert any("education_years is 16 in the record, the text gives 74" in p for p in problems)
+
+
 def test_a_field_left_out_by_config_may_not_appear(template: SummaryTemplate,
                                                    record: ClinicalRecord) -> None:
     text = "MMSE 28/30, ADAS-Cog-13 10.67; FAQ not recorded."
