@@ -81,8 +81,13 @@ def test_site_adversary_is_trained_only_with_sites(kind: str) -> None:
     model = build_model(ModelConfig(kind=kind, sites=("A", "B", "C"), site_adversarial=1.0,
                                     **SMALL), SHAPE).train()
     assert model.site_adversary is not None
-    terms = model.losses(model(b), b["label"], torch.ones(4))
+    out = model(b)
+    terms = model.losses(out, b["label"], torch.ones(4))
     assert torch.isfinite(terms["site_adversarial"])
+    # conditional on the diagnosis: each class has its own site logits, read at the label
+    assert out.aux["site_logits"].shape == (4, 3 * 3)
+    other = model.losses(out, (b["label"] + 1) % 3, torch.ones(4))
+    assert not torch.isclose(other["site_adversarial"], terms["site_adversarial"])
     unknown = model.losses(model(dict(b, site=torch.full((4,), -1))), b["label"])
     assert "site_adversarial" not in unknown
     assert "site_logits" not in model.eval()(b).aux
