@@ -49,6 +49,9 @@ def test_grid_outputs_and_resume(tmp_path: Path) -> None:
                                                                "0.8, seed 0"]
     again = list(csv.DictReader(open(tmp_path / "ablation.csv")))
     assert len(again) == len(rows) and again[-1]["bacc"] == rows[-1]["bacc"]
+    # another recipe in the same folder would mix its cells with these: refused, by name
+    with pytest.raises(InputError, match=r"epochs: 1 -> 2.*another --out"):
+        run_ablation(TOY.model_copy(update={"epochs": 2}), tmp_path, log=logs.append)
 
 
 def test_test_sets_take_the_shift_axes_apart() -> None:
