@@ -214,9 +214,8 @@ class MultimodalNet(nn.Module):
 
         The adversary guesses the site *within each diagnosis* (one set of site logits per
         class, read at the sample's label): the features are pushed towards site ⟂
-        features | diagnosis. An unconditional adversary, where the site predicts the
-        diagnosis, would also strip the diagnosis from the features (measured: the model
-        then stayed at chance at confounding 0.8)."""
+        features | diagnosis. Where the site predicts the diagnosis, an unconditional
+        adversary would also strip the diagnosis from the features."""
         if self.config.site_adversarial_weight > 0:
             d = self.config.d_model
             self.site_adversary = nn.Sequential(
