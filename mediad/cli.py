@@ -107,6 +107,10 @@ def simulate(
                                               "(default: brain + margin).")] = None,
     missing_rate: Annotated[float, typer.Option(help="Share of optional fields left "
                                                 "unrecorded.")] = 0.05,
+    missing_mri_rate: Annotated[float, typer.Option(help="Share of subjects with a record "
+                                                    "and no MRI.")] = 0.0,
+    partial_record_rate: Annotated[float, typer.Option(help="Share of records with no "
+                                                       "cognitive score.")] = 0.0,
     workers: Annotated[int, typer.Option(min=1, help="Rendering processes.")] = 1,
     native_space: Annotated[bool, typer.Option(help="Raw T1s as a scanner writes them "
                                                "(each head its own pose, some whole "
@@ -121,7 +125,8 @@ def simulate(
                            site_shift=site_shift, age_shift=age_shift,
                            sites=None if sites is None else load_site_profiles(sites),
                            seed=seed, spacing=spacing, shape=_parse_shape(shape),
-                           missing_rate=missing_rate, workers=workers,
+                           missing_rate=missing_rate, missing_mri_rate=missing_mri_rate,
+                           partial_record_rate=partial_record_rate, workers=workers,
                            native_space=native_space)
     with _progress("simulating") as update:
         folder = simulate_cohort(cfg, out_dir, overwrite=overwrite, progress=update)
@@ -580,6 +585,9 @@ def demo(
     data_dir: Annotated[Path | None, typer.Option(help="Where to keep demo data "
                                                   "(default $MEDIAD_DATA_DIR or "
                                                   "./mediad-data).")] = None,
+    label_blind: Annotated[bool, typer.Option(help="Also build the label-blind demo model "
+                                              "(no MMSE, no CDR-SB), to see what the MRI "
+                                              "and the rest of the record add.")] = False,
 ) -> None:
     """Build the demo cohort (first time only), validate it and say what it holds."""
     from mediad.data.validate import validate_path
@@ -600,13 +608,16 @@ def demo(
     _print_cohort(folder)
     from mediad.experiments.demo import ensure_demo_model
 
-    out.print("Demo model (MediAD, MRI + summary + record fields):")
-    best, built = ensure_demo_model(data_dir)
-    metrics = json.loads((best.parent / "metrics.json").read_text(encoding="utf-8"))
-    test = metrics.get("test", {})
-    out.print(f"  {'trained' if built else 'reusing'} {best}; in-distribution test balanced "
-              f"accuracy {test.get('balanced_accuracy', float('nan')):.3f} (n={test.get('n')}; "
-              "MMSE and CDR-SB among the inputs)")
+    for blind in (False, True) if label_blind else (False,):
+        out.print("Demo model (MediAD, MRI + summary + record fields"
+                  + (", without MMSE and CDR-SB):" if blind else "):"))
+        best, built = ensure_demo_model(data_dir, label_blind=blind)
+        metrics = json.loads((best.parent / "metrics.json").read_text(encoding="utf-8"))
+        test = metrics.get("test", {})
+        out.print(f"  {'trained' if built else 'reusing'} {best}; in-distribution test "
+                  f"balanced accuracy {test.get('balanced_accuracy', float('nan')):.3f} "
+                  f"(n={test.get('n')}; MMSE and CDR-SB "
+                  f"{'left out' if blind else 'among the inputs'})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -185,6 +185,11 @@ class SimulationConfig(BaseModel):
     )
     missing_rate: float = Field(0.05, ge=0.0, le=0.5, description="Share of optional fields "
                                 "left unrecorded.")
+    missing_mri_rate: float = Field(0.0, ge=0.0, le=0.5, description="Share of subjects with "
+                                    "a record and no MRI.")
+    partial_record_rate: float = Field(0.0, ge=0.0, le=0.5, description="Share of subjects "
+                                       "whose record holds demographics and risk factors only "
+                                       "(no cognitive score), as at a first visit.")
     site_storage: bool = Field(True, description="Write each site's files in its own "
                                "orientation and dtype (exercises ingest).")
     native_space: bool = Field(True, description="Raw T1s as a scanner writes them: each head "
@@ -287,6 +292,13 @@ def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
         frame[f"true_{col}"] = frame[col]
     for col in ("education_years", "apoe4", "adas13", "faq", "bmi", "smoking", "diabetes"):
         frame[col] = frame[col].astype(object).where(rng.random(n) >= cfg.missing_rate, None)
+    # whole inputs missing (own stream: cohorts drawn without them stay as they were)
+    gaps = np.random.default_rng(np.random.SeedSequence([cfg.seed, 4]))
+    partial = gaps.random(n) < cfg.partial_record_rate
+    for col in PARTIAL_RECORD_DROPS:
+        if col in frame:
+            frame[col] = frame[col].astype(object).where(~partial, None)
+    frame["has_mri"] = gaps.random(n) >= cfg.missing_mri_rate
     pose = np.random.default_rng(np.random.SeedSequence([cfg.seed, 3]))
     rot_sd, rot_max = POSE_ROTATION_DEG
     shift_sd, shift_max = POSE_SHIFT_MM
@@ -399,6 +411,10 @@ def head_pose(truth: dict[str, Any]) -> np.ndarray:
     pose[:3, :3] = linear
     pose[:3, 3] = c - linear @ c + np.array(shift)
     return pose
+
+
+#: What a partial record lacks: every cognitive and functional score.
+PARTIAL_RECORD_DROPS = ("mmse", "cdr_sb", "adas13", "faq")
 
 
 def render_subject(truth: dict[str, Any], spacing: float = 3.0,
@@ -640,7 +656,9 @@ visit each; built in {seconds:.1f} s.
   {POSE_SHIFT_MM[1]} mm) in the field of view; `ground_truth.csv` has each pose.
 - Scores ← D (strongly), V and education (MMSE and CDR-SB are label-defining in ADNI).
 - {cfg.missing_rate:.0%} of optional fields (education, APOE4, ADAS13, FAQ, BMI, smoking,
-  diabetes) are left unrecorded at random.
+  diabetes) are left unrecorded at random; {cfg.partial_record_rate:.0%} of records have no
+  cognitive score at all (MMSE, CDR-SB, ADAS13, FAQ), and {cfg.missing_mri_rate:.0%} of
+  subjects have no MRI (`has_mri` in `ground_truth.csv`).
 
 | site | kind | γ CN, MCI, AD | gamma | blur mm | noise | bias | stored as | whole head |
 |---|---|---|---|---|---|---|---|---|
@@ -711,10 +729,12 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         (work / "images").mkdir()
-        rel = [f"images/sub-{s}_ses-bl_T1w.nii.gz" for s in frame["subject_id"]]
+        rel = [f"images/sub-{s}_ses-bl_T1w.nii.gz" if has else None
+               for s, has in zip(frame["subject_id"], frame["has_mri"], strict=True)]
         tasks = [(row._asdict(), int(seed), str(work / r), cfg.spacing, cfg.shape,
                   cfg.site_storage, cfg.site_profiles[int(row.site_index)])
-                 for row, seed, r in zip(frame.itertuples(index=False), seeds, rel, strict=True)]
+                 for row, seed, r in zip(frame.itertuples(index=False), seeds, rel, strict=True)
+                 if r is not None]
         if cfg.workers > 1:
             # spawn, not fork: forking a process whose OpenMP runtime has started can hang
             ctx = multiprocessing.get_context("spawn")
@@ -763,11 +783,11 @@ def _write_tables(frame: pd.DataFrame, folder: Path, sites: tuple[SiteProfile, .
     manifest.to_csv(folder / "manifest.csv", index=False)
     truth = frame[["subject_id", "site", "diagnosis", "age", "true_apoe4", "hypertension",
                    "true_diabetes", "true_smoking", "vascular_burden", "hippocampal_atrophy",
-                   "global_atrophy", "n_lesions", "whole_head", "head_scale",
+                   "global_atrophy", "n_lesions", "whole_head", "has_mri", "head_scale",
                    *(f"{k}_{a}_{u}" for k, u in (("rotation", "deg"), ("shift", "mm"))
                      for a in "xyz")]].copy()
     truth.columns = [c.removeprefix("true_") for c in truth.columns]
-    for col in ("hypertension", "diabetes", "smoking", "whole_head"):
+    for col in ("hypertension", "diabetes", "smoking", "whole_head", "has_mri"):
         truth[col] = truth[col].astype(int)
     site = {s.name: s for s in sites}
     for attr in ("gamma", "blur_mm", "noise", "bias", "orientation", "dtype"):

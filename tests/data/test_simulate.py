@@ -321,6 +321,29 @@ def test_missing_fields_are_left_unrecorded_not_imputed() -> None:
     assert f.diagnosis.notna().all() and f.age.notna().all()
 
 
+def test_cohorts_can_lack_whole_inputs(tmp_path: Path) -> None:
+    """Subjects with no MRI and records with no cognitive score, written as such and read
+    back as such; cohorts drawn without them are unchanged."""
+    cfg = SimulationConfig(n_subjects=40, seed=4, spacing=8.0, missing_mri_rate=0.25,
+                           partial_record_rate=0.25)
+    out = simulate_cohort(cfg, tmp_path / "gaps")
+    truth = pd.read_csv(out / "ground_truth.csv")
+    rows = load_manifest(out / "manifest.csv").rows
+    no_mri = {r.subject_id for r in rows if r.mri_path is None}
+    assert no_mri == set(truth.subject_id[truth.has_mri == 0]) and 3 <= len(no_mri) <= 18
+    assert len(list((out / "images").iterdir())) == 40 - len(no_mri)
+    partial = [r for r in rows if r.mmse is None and r.cdr_sb is None]
+    assert 3 <= len(partial) <= 18
+    assert all(r.age is not None and r.adas13 is None and r.faq is None for r in partial)
+    assert all(r.mmse is not None for r in rows if r not in partial)
+    plain = draw_population(SimulationConfig(n_subjects=40, seed=4))
+    with_gaps = draw_population(cfg)
+    assert plain.has_mri.all()
+    kept = with_gaps.mmse.notna()
+    pd.testing.assert_series_equal(plain.age, with_gaps.age)
+    pd.testing.assert_series_equal(plain.mmse[kept], with_gaps.mmse[kept])
+
+
 def test_ids_and_file_names_do_not_reveal_the_site(tiny_cohort: Path) -> None:
     import csv
 
