@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from mediad.cli import app
+from mediad.engine.predictor import Predictor
 from mediad.experiments import demo
 
 runner = CliRunner()
@@ -93,16 +95,25 @@ def test_demo_builds_once_then_reuses(tmp_path: Path, monkeypatch: pytest.Monkey
     small = demo.DEMO_COHORT.model_copy(update={"n_subjects": 16, "spacing": 8.0})
     monkeypatch.setattr(demo, "DEMO_COHORT", small)
     tiny = tmp_path / "demo.yaml"
-    text = demo.DEMO_CONFIG.read_text().replace("shape: [64, 64, 64]", "shape: [32, 32, 32]")
-    tiny.write_text(text
-                    .replace("epochs: 25", "epochs: 1").replace("d_model: 64", "d_model: 16"))
+    text = re.sub(r"shape: \[\d+, \d+, \d+\]", "shape: [32, 32, 32]",
+                  demo.DEMO_CONFIG.read_text())
+    text = re.sub(r"epochs: \d+", "epochs: 1", text).replace("d_model: 64", "d_model: 16")
+    assert "epochs: 1\n" in text and "shape: [32, 32, 32]" in text
+    tiny.write_text(text)
     monkeypatch.setattr(demo, "DEMO_CONFIG", tiny)
     code, output = run("demo", "--data-dir", tmp_path / "data")
     assert code == 0 and "Built the demo cohort" in output and "research use only" in output
     assert "trained" in output and "test balanced accuracy" in output
-    code, output = run("demo", "--data-dir", tmp_path / "data")
+    assert "label-blind" not in output and not (tmp_path / "data" / demo.LABEL_BLIND_FOLDER
+                                                ).exists()
+    code, output = run("demo", "--data-dir", tmp_path / "data", "--label-blind")
     assert code == 0 and "Reusing the demo cohort" in output and "Valid: 16 subjects" in output
-    assert "reusing" in output
+    assert "reusing" in output and "MMSE and CDR-SB left out" in output
+    blind = Predictor(tmp_path / "data" / demo.LABEL_BLIND_FOLDER / "best.pt").inputs()
+    assert blind["label-defining scores"] == "none (label-blind)"
+    assert "mmse" not in blind["summary fields"] and "cdr_sb" not in blind["record fields"]
+    full = Predictor(tmp_path / "data" / "demo-model" / "best.pt").inputs()
+    assert full["label-defining scores"] == "mmse, cdr_sb" and full["MRI"] == "yes"
 
 
 def test_version() -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ui.common import banner, current_predictor
+from mediad.experiments.demo import LABEL_BLIND_FOLDER, ensure_demo_model
+from ui.common import banner, current_predictor, models_dir
 
 st.title("Model card")
 banner()
@@ -19,6 +20,17 @@ st.subheader("Provenance")
 st.table(pd.Series({**predictor.model_info(), "classes": ", ".join(predictor.classes),
                     "summary fields": ", ".join(ck.get("summary_fields") or []) or "none",
                     "training subjects": len(ck.get("train_subject_hashes", []))}, name="value"))
+st.subheader("Inputs")
+st.table(pd.Series(predictor.inputs(), name="used"))
+if predictor.inputs()["label-defining scores"] != "none (label-blind)":
+    st.caption("This model reads MMSE or CDR-SB, which define the diagnosis in ADNI: its "
+               "accuracy says little about what the MRI and the rest of the record add. "
+               "Compare with a label-blind model (`mediad demo --label-blind`, or below).")
+    if not (models_dir() / LABEL_BLIND_FOLDER / "best.pt").is_file() and st.button(
+            "Build the label-blind demo model (a few minutes)"):
+        with st.spinner("Training the label-blind demo model on the demo cohort..."):
+            ensure_demo_model(label_blind=True, show_progress=False)
+        st.success("Built. Choose it in the sidebar's model list.")
 st.subheader("Training data")
 card = Path(cfg.data.manifest).parent / "dataset_card.md"
 if card.is_file():
@@ -38,8 +50,9 @@ st.markdown("""
   unless you trained it on your own data. Real scanners, protocols and populations differ.
 - If MMSE or CDR-SB were inputs, accuracy is inflated: ADNI defines the diagnosis partly from
   them.
-- Probabilities are not calibrated clinical risks; check the reliability diagram of a
-  cohort evaluation before reading them as such.
+- Probabilities are calibrated per input pattern (MRI and record, MRI only, record only) by
+  a temperature fitted on the validation split; they are still not clinical risks. Check
+  the reliability diagram of a cohort evaluation, above all on a shifted cohort.
 - The causal head adjusts for the confounders it was given (age, sex, vascular risk; scanner
   through the front door). It cannot remove confounding it never saw.
 - Summaries never contain the diagnosis or identifiers; free-text notes are quoted as data.

@@ -294,6 +294,20 @@ class Predictor:
             model=self.model_info(),
         )
 
+    def inputs(self) -> dict[str, str]:
+        """What the model reads, for its card; label-defining scores are named, because a
+        model that reads them (ADNI defines the diagnosis partly from them) scores high
+        for that reason."""
+        mc = self.config.model
+        use_image, use_text = mc.inputs
+        summary = list(self.ck.get("summary_fields") or []) if use_text else []
+        record = list(mc.tabular_fields) if (mc.use_tabular or mc.kind == "tabular") else []
+        scores = [f for f in LABEL_DEFINING_FIELDS if f in summary or f in record]
+        return {"MRI": "yes" if use_image else "no",
+                "summary fields": ", ".join(summary) or "none",
+                "record fields": ", ".join(record) or "none",
+                "label-defining scores": ", ".join(scores) or "none (label-blind)"}
+
     def model_info(self) -> dict[str, Any]:
         mc = self.config.model
         return {"kind": mc.kind, "task": mc.task, "checkpoint": str(self.path),

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from mediad.data.records import LABEL_DEFINING_FIELDS
 from mediad.data.simulate import SIMULATOR_VERSION, SimulationConfig, simulate_cohort
 from mediad.engine import TrainConfig, load_checkpoint, train
 from mediad.errors import MediADError
@@ -17,6 +18,8 @@ __all__ = [
     "DEMO_COHORT",
     "DEMO_CONFIG",
     "DEMO_SHIFTED",
+    "LABEL_BLIND",
+    "LABEL_BLIND_FOLDER",
     "demo_cohort_ready",
     "ensure_demo_cohort",
     "ensure_demo_model",
@@ -27,7 +30,8 @@ DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "demo.yaml"
 
 #: The demo cohort: confounded like a real multi-site study (site predicts diagnosis).
 DEMO_COHORT = SimulationConfig(n_subjects=150, confounding=0.8, shift="none", seed=2026,
-                               spacing=3.0, workers=2)
+                               spacing=3.0, workers=2, missing_mri_rate=0.05,
+                               partial_record_rate=0.05)
 
 
 #: A held-out cohort for the Cohort page: new subjects, site and age links reversed.
@@ -68,18 +72,44 @@ def ensure_demo_cohort(root: Path | None = None,
     return folder, True
 
 
-def ensure_demo_model(root: Path | None = None, show_progress: bool = True
-                      ) -> tuple[Path, bool]:
+#: What the label-blind demo model leaves out: the scores ADNI defines the diagnosis from.
+LABEL_BLIND = LABEL_DEFINING_FIELDS
+LABEL_BLIND_FOLDER = "demo-model-label-blind"
+
+
+def demo_config(cohort: Path, cache: Path, label_blind: bool = False) -> TrainConfig:
+    """The demo model's training config; label-blind: without MMSE and CDR-SB anywhere."""
+    config = TrainConfig.from_yaml(DEMO_CONFIG)
+    data = {"manifest": cohort / "manifest.csv", "cache_dir": cache}
+    model = {}
+    if label_blind:
+        data["summary"] = config.data.summary.model_copy(update={"exclude": list(LABEL_BLIND)})
+        model["tabular_fields"] = tuple(f for f in config.model.tabular_fields
+                                        if f not in LABEL_BLIND)
+    return config.model_copy(update={"data": config.data.model_copy(update=data),
+                                     "model": config.model.model_copy(update=model)})
+
+
+def ensure_demo_model(root: Path | None = None, show_progress: bool = True,
+                      label_blind: bool = False) -> tuple[Path, bool]:
     """Train the demo model on the demo cohort unless a finished one is there.
+
+    Args:
+        root: the data folder (default: :func:`mediad.paths.data_dir`).
+        show_progress: progress bars on a terminal.
+        label_blind: the model without MMSE and CDR-SB (in ``demo-model-label-blind``).
 
     Returns:
         ``(best checkpoint, built)``.
     """
     root = root or data_dir()
-    folder = root / "demo-model"
+    folder = root / (LABEL_BLIND_FOLDER if label_blind else "demo-model")
     best = folder / "best.pt"
     cohort, _ = ensure_demo_cohort(root)
-    source = hashlib.sha256((cohort / "dataset_card.json").read_bytes()).hexdigest()
+    config = demo_config(cohort, root / "cache", label_blind)
+    # the cohort and the recipe: a changed demo config retrains too
+    source = hashlib.sha256((cohort / "dataset_card.json").read_bytes()
+                            + config.to_yaml().encode()).hexdigest()
     if best.is_file() and (folder / "metrics.json").is_file():
         try:
             load_checkpoint(best)
@@ -88,10 +118,7 @@ def ensure_demo_model(root: Path | None = None, show_progress: bool = True
                 return best, False
         except (MediADError, OSError, ValueError):
             pass
-        shutil.rmtree(folder)  # an older version, or another cohort: rebuild
-    config = TrainConfig.from_yaml(DEMO_CONFIG)
-    config = config.model_copy(update={"data": config.data.model_copy(update={
-        "manifest": cohort / "manifest.csv", "cache_dir": root / "cache"})})
+        shutil.rmtree(folder)  # an older version, or another cohort or recipe: rebuild
     if folder.exists():  # an interrupted earlier build: resume it
         train(config, folder, resume=(folder / "last.pt").is_file(),
               show_progress=show_progress)

@@ -286,6 +286,11 @@ def test_model_card(app_env: Path) -> None:
     shown = texts(at)
     assert "Research use only" in shown and "Intended use and limits" in shown
     assert "Not a medical device" in shown and "kind: mediad" in shown
+    # which inputs the model reads, the label-defining scores named
+    inputs = at.table[1].value
+    assert inputs.loc["MRI", "used"] == "yes"
+    assert "mmse" in inputs.loc["label-defining scores", "used"]
+    assert any("label-blind" in b.label for b in at.button)
 
 
 def test_raw_mri_shows_its_preprocessing_and_the_mni_switch_skips_it(app_env: Path) -> None:
