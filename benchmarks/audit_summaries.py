@@ -115,11 +115,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (1 "
+                        "when other jobs share the cores: its threads spin-wait)")
     args = parser.parse_args()
     records = [r for shifted in (False, True)
                for r in load_manifest(ensure_demo_cohort(shifted=shifted)[0]
                                       / "manifest.csv").records()][: args.records]
-    memo = _Memo(LlamaCppGenerator("smollm2-135m-instruct"))
+    memo = _Memo(LlamaCppGenerator("smollm2-135m-instruct", threads=args.threads))
     binding = verify._binding_problems
     lines = [f"# Summary audit: {len(records)} demo records, SmolLM2-135M (local)", "",
              "| verifier | section | LLM sections accepted | wrong | invented | missing | "
