@@ -100,8 +100,10 @@ def prepare(source: Upload | str, label: str) -> bool:
 def load_demo_subject() -> None:
     folder = data_dir() / "demo-shifted"
     try:
-        row = load_manifest(folder / "manifest.csv").rows[0]
-    except MediADError as exc:
+        rows = load_manifest(folder / "manifest.csv").rows
+        # a subject with both inputs (the cohort also has MRI-less and score-less ones)
+        row = next((r for r in rows if r.mri_path and r.mmse is not None), rows[0])
+    except (MediADError, IndexError) as exc:
         state["demo_error"] = ("The held-out demo cohort is not there yet: `mediad app` "
                                "builds it in the background after the app starts (about a "
                                f"minute); try again shortly. ({exc})")
