@@ -21,6 +21,7 @@ __all__ = [
     "LABEL_BLIND",
     "LABEL_BLIND_FOLDER",
     "demo_cohort_ready",
+    "demo_config",
     "ensure_demo_cohort",
     "ensure_demo_model",
 ]
