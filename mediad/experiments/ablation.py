@@ -49,11 +49,12 @@ __all__ = ["QUICK", "TEST_SETS", "VARIANTS", "AblationConfig", "paired_differenc
 PLAIN: dict[str, dict[str, Any]] = {
     "model": {"site_adversarial": 0.0}, "data": {"augment": False},
     "optim": {"site_balance": False, "selection": "balanced"}}
-#: MediAD's site handling (training only): site-balanced weights, a site adversary on the
-#: features the label is read from, scanner augmentation, site-balanced selection.
+#: MediAD's site handling (training only): a diagnosis-conditional site adversary on the
+#: features the label is read from, scanner augmentation, site-balanced selection. Not
+#: site-balanced sample weights: they stall learning (variant mediad_site_weights).
 SITE_HANDLING: dict[str, dict[str, Any]] = {
     "model": {"site_adversarial": 0.5}, "data": {"augment": True},
-    "optim": {"site_balance": True, "selection": "site_balanced"}}
+    "optim": {"site_balance": False, "selection": "site_balanced"}}
 
 
 def _variant(base: dict[str, dict[str, Any]], **model: Any) -> dict[str, dict[str, Any]]:
@@ -67,8 +68,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "mediad": _variant(SITE_HANDLING, kind="mediad"),
     "mediad_no_frontdoor": _variant(SITE_HANDLING, kind="mediad", front_door=False),
     "mediad_no_backdoor": _variant(SITE_HANDLING, kind="mediad", back_door=False),
-    "mediad_no_site_term": {**_variant(SITE_HANDLING, kind="mediad", site_adversarial=0.0),
-                            "optim": {"site_balance": False, "selection": "site_balanced"}},
+    "mediad_no_site_term": _variant(SITE_HANDLING, kind="mediad", site_adversarial=0.0),
+    "mediad_site_weights": {**_variant(SITE_HANDLING, kind="mediad"),
+                            "optim": {**SITE_HANDLING["optim"], "site_balance": True}},
     "mediad_warmup": {**_variant(SITE_HANDLING, kind="mediad"),
                       "optim": {**SITE_HANDLING["optim"], "site_adversarial_warmup": 10}},
     "augment_only": {**_variant(PLAIN, kind="concat"), "data": {"augment": True}},
@@ -87,7 +89,8 @@ DESCRIPTIONS = {
     "mediad": "causal head + site handling (weights, adversary, augmentation, selection)",
     "mediad_no_frontdoor": "mediad without the front-door dictionary",
     "mediad_no_backdoor": "mediad without the site back door",
-    "mediad_no_site_term": "mediad without site weights and site adversary",
+    "mediad_no_site_term": "mediad without the site adversary",
+    "mediad_site_weights": "mediad + site-balanced sample weights",
     "mediad_warmup": "mediad with the site adversary ramped up over 10 epochs (DANN)",
     "augment_only": "concat + scanner augmentation only",
     "concat_site": "concat with mediad's site handling",
