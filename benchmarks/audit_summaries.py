@@ -14,6 +14,8 @@ Run: ``python benchmarks/audit_summaries.py [--records 200] [--out FILE.md]``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 import sys
 from collections import Counter
@@ -90,18 +92,29 @@ def audit_section(fields: list[str], text: str, record: Any) -> Counter:
 
 
 class _Memo:
-    """The generator's answers, kept: the second verification pass sees the same text."""
+    """The generator's answers, kept (and in ``path``, so a rerun costs no generation): the
+    second verification pass sees the same text."""
 
-    def __init__(self, generator: Any) -> None:
-        self.generator, self.seen = generator, {}
+    def __init__(self, generator: Any, path: Path | None = None) -> None:
+        self.generator, self.path = generator, path
+        self.seen: dict[str, str] = (json.loads(path.read_text(encoding="utf-8"))
+                                     if path is not None and path.is_file() else {})
         self.backend, self.model_id = generator.backend, generator.model_id
         self.licence = generator.licence
 
     def generate(self, request: Any, settings: Any, attempt: int = 0) -> str:
-        key = (request.completion, attempt)
+        key = hashlib.sha256(f"{attempt}\n{request.completion}".encode()).hexdigest()
         if key not in self.seen:
             self.seen[key] = self.generator.generate(request, settings, attempt)
+            if self.path is not None and len(self.seen) % 50 == 0:
+                self.save()
         return self.seen[key]
+
+    def save(self) -> None:
+        if self.path is not None:
+            from mediad.io import atomic_write_text
+
+            atomic_write_text(self.path, json.dumps(self.seen))
 
 
 def main() -> None:
@@ -115,14 +128,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--generations", type=Path, help="JSON file keeping the LLM's "
+                        "answers, so a rerun regenerates nothing")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (1 "
                         "when other jobs share the cores: its threads spin-wait)")
     args = parser.parse_args()
     records = [r for shifted in (False, True)
                for r in load_manifest(ensure_demo_cohort(shifted=shifted)[0]
                                       / "manifest.csv").records()][: args.records]
-    memo = _Memo(LlamaCppGenerator("smollm2-135m-instruct", threads=args.threads))
+    memo = _Memo(LlamaCppGenerator("smollm2-135m-instruct", threads=args.threads),
+                 args.generations)
     binding = verify._binding_problems
+    failures: list[str] = []
     lines = [f"# Summary audit: {len(records)} demo records, SmolLM2-135M (local)", "",
              "| verifier | section | LLM sections accepted | wrong | invented | missing | "
              "repeated |", "|---|---|---|---|---|---|---|"]
@@ -143,14 +160,21 @@ def main() -> None:
                 if source == "llm":
                     accepted[section.title] += 1
                     fields = [f for f in llm.fields if f in section.fields]
-                    errors.setdefault(section.title, Counter()).update(audit_section(
-                        fields, summary.sections[section.title], record))
+                    found = audit_section(fields, summary.sections[section.title], record)
+                    errors.setdefault(section.title, Counter()).update(found)
+                    if found and name.startswith("with"):  # the text and its facts, no id
+                        failures.append(f"- {section.title}: {dict(found)}: "
+                                        f"{summary.sections[section.title]!r} <- "
+                                        f"{'; '.join(llm.template.facts(section, record, fields))}")
         for title in asked:
             e = errors.get(title, Counter())
             lines.append(f"| {name} | {title} | {accepted[title]}/{asked[title]} "
                          f"({accepted[title] / asked[title]:.0%}) | {e['wrong']} | "
                          f"{e['invented']} | {e['missing']} | {e['repeated']} |")
     verify._binding_problems = binding
+    memo.save()
+    if failures:
+        lines += ["", "Accepted sections the audit finds fault with (text <- facts):", *failures]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -27,7 +27,7 @@ __all__ = ["FIELD_KEYWORDS", "VERIFIER_VERSION", "bind_numbers", "numbers_in",
 
 #: Part of every summary cache key: a stricter verifier must not serve texts that an older
 #: one accepted.
-VERIFIER_VERSION = "2"
+VERIFIER_VERSION = "3"
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 _FEMALE = re.compile(r"(?i)\b(?:she|her|hers|woman|women|female|lady|mrs|ms)\b")
@@ -160,6 +160,8 @@ def _binding_problems(section: SectionSpec, text: str, record: ClinicalRecord,
                                     f"record, but the text gives "
                                     f"{', '.join(format_value(v) for v in stated)}")
                 continue
+            if len(stated) > 1 and len(own) == 1:  # "a 74-year-old, aged 74"
+                problems.append(f"{title}: {name} is stated {len(stated)} times")
             wrong = [v for v in stated if not _matches(v, [float(value)])]
             if wrong:
                 problems.append(f"{title}: {name} is {format_value(value)} in the record, the "

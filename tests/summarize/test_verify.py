@@ -95,6 +95,9 @@ def test_numbers_before_their_words_are_bound(template: SummaryTemplate,
     problems = section_problems(template, record, "Demographics", swapped)
     assert any("age is 74.3 in the record, the text gives 16" in p for p in problems)
     assert any("education_years is 16 in the record, the text gives 74" in p for p in problems)
+    twice = "A 74-year-old woman, aged 74, with 16 years of education."
+    problems = section_problems(template, record, "Demographics", twice)
+    assert any("age is stated 2 times" in p for p in problems), problems
 
 
 def test_a_field_left_out_by_config_may_not_appear(template: SummaryTemplate,
