@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from mediad.data.records import ClinicalRecord
 from mediad.summarize.template import (
@@ -22,8 +23,8 @@ from mediad.summarize.template import (
     render_text,
 )
 
-__all__ = ["FIELD_KEYWORDS", "VERIFIER_VERSION", "bind_numbers", "numbers_in",
-           "verify_section", "verify_summary"]
+__all__ = ["FIELD_KEYWORDS", "VERIFIER_VERSION", "FieldStatement", "bind_numbers",
+           "numbers_in", "verify_section", "verify_summary"]
 
 #: Part of every summary cache key: a stricter verifier must not serve texts that an older
 #: one accepted.
@@ -71,12 +72,16 @@ _TRAILING = (("age", re.compile(r"(?i)^\s*-?\s*years?[- ]old")),
                                             r"(?:education|school)")))
 
 
-class _Group:
-    """One statement of a field: where it starts, its text, the numbers bound to it."""
+@dataclass
+class FieldStatement:
+    """One statement of a field: its span of words, its text up to the next field's, and
+    the numbers bound to it."""
 
-    def __init__(self, name: str, start: int) -> None:
-        self.name, self.start, self.text = name, start, ""
-        self.numbers: list[float] = []
+    name: str
+    start: int
+    end: int
+    text: str = ""
+    numbers: list[float] = field(default_factory=list)
 
 
 def _mentions(text: str, fields: Iterable[str]) -> list[tuple[int, int, str]]:
@@ -89,7 +94,8 @@ def _mentions(text: str, fields: Iterable[str]) -> list[tuple[int, int, str]]:
     return sorted(found)
 
 
-def bind_numbers(text: str, fields: Iterable[str]) -> tuple[list[_Group], list[float]]:
+def bind_numbers(text: str, fields: Iterable[str]
+                 ) -> tuple[list[FieldStatement], list[float]]:
     """Tie every number of ``text`` to the field it states.
 
     A number belongs to the field named right after it when that field's value comes first
@@ -98,19 +104,15 @@ def bind_numbers(text: str, fields: Iterable[str]) -> tuple[list[_Group], list[f
     are one statement ("Mini-Mental State Examination (MMSE) 26"); a field stated twice has
     two. Returns ``(statements in text order, numbers tied to no field)``.
     """
-    groups: list[_Group] = []
+    groups: list[FieldStatement] = []
     for start, end, name in _mentions(text, fields):
         last = groups[-1] if groups else None
-        if last is not None and start < last.end:  # overlapping keywords of one mention
+        if last is not None and (start < last.end  # overlapping keywords of one mention
+                                 or (last.name == name
+                                     and not _NUMBER.search(text[last.end:start]))):
             last.end = max(last.end, end)
             continue
-        between = text[last.end:start] if last is not None else ""
-        if last is not None and last.name == name and not _NUMBER.search(between):
-            last.end = end
-            continue
-        group = _Group(name, start)
-        group.end = end
-        groups.append(group)
+        groups.append(FieldStatement(name, start, end))
     for i, g in enumerate(groups):
         g.text = text[g.start:groups[i + 1].start if i + 1 < len(groups) else len(text)]
     unbound = []
