@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 _NUM = r"(\d+(?:\.\d+)?)"
-_GAP = r"[^\d;.]{0,24}?"  # words between a label and its value, no number, no new clause
+_GAP = r"[^\d;.,]{0,24}?"  # words between a label and its value: no number, no new clause
 _UNKNOWN = r"(?:not recorded|unknown|not available|missing)"
 #: field -> the labels a sentence may use for it (the template's label first).
 LABELS: dict[str, tuple[str, ...]] = {
@@ -160,9 +160,9 @@ def main() -> None:
                 if source == "llm":
                     accepted[section.title] += 1
                     fields = [f for f in llm.fields if f in section.fields]
-                    found = audit_section(fields, summary.sections[section.title], record)
+                    found = +audit_section(fields, summary.sections[section.title], record)
                     errors.setdefault(section.title, Counter()).update(found)
-                    if found and name.startswith("with"):  # the text and its facts, no id
+                    if found and check is binding:  # the text and its facts, no id
                         failures.append(f"- {section.title}: {dict(found)}: "
                                         f"{summary.sections[section.title]!r} <- "
                                         f"{'; '.join(llm.template.facts(section, record, fields))}")

@@ -28,7 +28,7 @@ __all__ = ["FIELD_KEYWORDS", "VERIFIER_VERSION", "FieldStatement", "bind_numbers
 
 #: Part of every summary cache key: a stricter verifier must not serve texts that an older
 #: one accepted.
-VERIFIER_VERSION = "3"
+VERIFIER_VERSION = "4"
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 _FEMALE = re.compile(r"(?i)\b(?:she|her|hers|woman|women|female|lady|mrs|ms)\b")
@@ -115,14 +115,17 @@ def bind_numbers(text: str, fields: Iterable[str]
         groups.append(FieldStatement(name, start, end))
     for i, g in enumerate(groups):
         g.text = text[g.start:groups[i + 1].start if i + 1 < len(groups) else len(text)]
-    unbound = []
+    unbound: list[float] = []
     for m in _NUMBER.finditer(text):
         value = float(m.group(0))
+        before = [g for g in groups if g.start <= m.start()]
         owner = next((g for name, rx in _TRAILING if rx.match(text[m.end():])
                       for g in groups if g.name == name and g.start >= m.end()), None)
-        if owner is None:
-            before = [g for g in groups if g.start <= m.start()]
-            owner = before[-1] if before else None
+        if owner is not None and before and before[-1].name != owner.name and re.fullmatch(
+                r"\s*(?:of|is|was|:|=)?\s*", text[before[-1].end:m.start()]):
+            owner = None  # "age 13 years of education": read either way, so neither
+        elif owner is None and before:
+            owner = before[-1]
         if owner is None:
             unbound.append(value)
         else:

@@ -95,6 +95,10 @@ def test_numbers_before_their_words_are_bound(template: SummaryTemplate,
     problems = section_problems(template, record, "Demographics", swapped)
     assert any("age is 74.3 in the record, the text gives 16" in p for p in problems)
     assert any("education_years is 16 in the record, the text gives 74" in p for p in problems)
+    # what SmolLM2 wrote: the 16 reads as the age and as the education; refused
+    garbled = "A 74-year-old woman; age 16 years of education."
+    problems = section_problems(template, record, "Demographics", garbled)
+    assert any("number 16 is tied to no field" in p for p in problems), problems
     twice = "A 74-year-old woman, aged 74, with 16 years of education."
     problems = section_problems(template, record, "Demographics", twice)
     assert any("age is stated 2 times" in p for p in problems), problems
