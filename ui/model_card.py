@@ -7,8 +7,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from mediad.errors import MediADError
 from mediad.experiments.demo import LABEL_BLIND_FOLDER, ensure_demo_model
-from ui.common import banner, current_predictor, models_dir
+from ui.common import banner, current_predictor, models_dir, show_error
 
 st.title("Model card")
 banner()
@@ -21,16 +22,21 @@ st.table(pd.Series({**predictor.model_info(), "classes": ", ".join(predictor.cla
                     "summary fields": ", ".join(ck.get("summary_fields") or []) or "none",
                     "training subjects": len(ck.get("train_subject_hashes", []))}, name="value"))
 st.subheader("Inputs")
-st.table(pd.Series(predictor.inputs(), name="used"))
-if predictor.inputs()["label-defining scores"] != "none (label-blind)":
+inputs = predictor.inputs()
+st.table(pd.Series(inputs, name="used"))
+if inputs["label-defining scores"] != "none (label-blind)":
     st.caption("This model reads MMSE or CDR-SB, which define the diagnosis in ADNI: its "
                "accuracy says little about what the MRI and the rest of the record add. "
                "Compare with a label-blind model (`mediad demo --label-blind`, or below).")
+    # built beside the demo model, in the folder the sidebar lists models from
     if not (models_dir() / LABEL_BLIND_FOLDER / "best.pt").is_file() and st.button(
             "Build the label-blind demo model (a few minutes)"):
-        with st.spinner("Training the label-blind demo model on the demo cohort..."):
-            ensure_demo_model(label_blind=True, show_progress=False)
-        st.success("Built. Choose it in the sidebar's model list.")
+        try:
+            with st.spinner("Training the label-blind demo model on the demo cohort..."):
+                ensure_demo_model(models_dir(), label_blind=True, show_progress=False)
+            st.success("Built. Choose it in the sidebar's model list.")
+        except MediADError as exc:
+            show_error("Could not build the label-blind demo model: ", exc)
 st.subheader("Training data")
 card = Path(cfg.data.manifest).parent / "dataset_card.md"
 if card.is_file():
