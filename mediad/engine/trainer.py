@@ -2,9 +2,10 @@
 
 ``mediad train CONFIG --out DIR`` saves the YAML config, makes (or loads) subject-level
 splits, summarises and embeds the records once, caches the preprocessed MRIs (MONAI
-CacheDataset), trains with AdamW + cosine schedule, class weighting and early stopping on
-validation balanced accuracy, writes ``last.pt`` every epoch and ``best.pt`` at each
-improvement (atomically; rank 0 only), logs metrics per epoch, and ends with test metrics.
+CacheDataset), trains with AdamW (linear warm-up, then cosine decay, per step), class
+weighting, modality dropout and early stopping on validation balanced accuracy, writes
+``last.pt`` every epoch and ``best.pt`` at each improvement (atomically; rank 0 only), logs
+metrics per epoch, and ends with test metrics.
 Under ``torchrun --nproc_per_node N`` each rank takes every N-th sample of the same shuffled
 order (DistributedSampler), BatchNorm is synchronised, the front-door dictionary is
 re-clustered from features gathered from all ranks, and rank 0 writes.
@@ -63,7 +64,7 @@ from mediad.metrics import (
 from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import ARCHITECTURE, MultimodalNet, TabularBaseline, build_model
 
-__all__ = ["TrainResult", "predict_loader", "train"]
+__all__ = ["TrainResult", "lr_schedule", "predict_loader", "train"]
 
 
 @dataclass
@@ -291,10 +292,14 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
     eval_loaders = {k: DataLoader(v, batch_size=oc.batch_size, shuffle=False)
                     for k, v in eval_sets.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=oc.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(oc.epochs * len(loader), round(oc.warmup_epochs * len(loader))))
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0}
     if resume:
         ck = load_checkpoint(out / "last.pt", config.model.task)
+        if "lr_lambdas" not in ck["scheduler"]:
+            raise MediADError(f"{out} was started by an older MediAD (learning rate per epoch, "
+                              "without warm-up) and cannot be resumed; start a new run")
         model.load_state_dict(ck["model_state"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -315,20 +320,21 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         bar = tqdm(loader, desc=f"epoch {epoch}/{oc.epochs}", leave=False,
                    disable=None if (show_progress and d.main) else True)  # None: tty only
         for batch in bar:
-            b = drop_modalities(batch_to(batch, device), oc.modality_dropout, dropout_rng)
+            b = drop_modalities(batch_to(batch, device), oc.modality_dropout, dropout_rng,
+                                model.reads)
             with _autocast(device):
                 output = net(b)
                 loss = model.loss(output, b["label"], b["weight"].float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             total += float(loss.detach()) * len(batch["label"])
             n += len(batch["label"])
             if output.fused is not None:
                 feats.append(output.fused.float().cpu())
                 feat_sites.append(batch["site"])
             bar.set_postfix(loss=f"{total / n:.3f}")
-        scheduler.step()
         if d.world > 1:  # report the loss over all ranks' samples
             sums = torch.tensor([total, float(n)], dtype=torch.float64)
             dist.all_reduce(sums)
@@ -447,6 +453,20 @@ def _pattern_metrics(model: MultimodalNet, loader: DataLoader, device: torch.dev
             "ece_after": expected_calibration_error(y, np.exp(calibrated)),
         }
     return out
+
+
+def lr_schedule(total_steps: int, warmup_steps: int) -> Any:
+    """The learning-rate factor per optimiser step: linear warm-up, then cosine decay to 0.
+
+    Without the warm-up, Adam's first full-size steps left the MRI encoder at chance for ten
+    epochs or more (see ``OptimConfig.warmup_epochs``)."""
+    total, warm = max(1, total_steps), max(0, min(warmup_steps, total_steps - 1))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        return 0.5 * (1.0 + float(np.cos(np.pi * (step - warm) / max(1, total - warm))))
+    return factor
 
 
 def warmup_factor(epoch: int, warmup: int) -> float:

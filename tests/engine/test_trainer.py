@@ -177,3 +177,26 @@ def test_training_refuses_hostile_mris_by_subject(tiny_cohort: Path, tmp_path: P
     assert f"subject {first[0]}" in message and "bomb.nii" in message
     assert "declares 4000x4000x4000 voxels" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_learning_rate_warms_up_per_step_then_decays() -> None:
+    from mediad.engine.trainer import lr_schedule
+
+    f = lr_schedule(total_steps=100, warmup_steps=10)
+    warm = [f(s) for s in range(10)]
+    assert warm == sorted(warm) and warm[0] < 0.2 and f(10) == 1.0  # peak right after
+    decay = [f(s) for s in range(10, 100)]
+    assert decay == sorted(decay, reverse=True) and decay[-1] < 0.01
+    assert lr_schedule(100, 0)(0) == 1.0  # no warm-up: the peak from the first step
+
+
+def test_a_run_from_before_the_warm_up_is_not_resumed(tiny_cohort: Path,
+                                                        tmp_path: Path) -> None:
+    """An older last.pt (learning rate per epoch) would restart the schedule wrongly."""
+    config = tiny_train_config(tiny_cohort, kind="concat")
+    train(config, tmp_path / "run", max_epochs=1, show_progress=False)
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    ck["scheduler"] = {"T_max": 4, "last_epoch": 1}  # what CosineAnnealingLR stored
+    torch.save(ck, tmp_path / "run" / "last.pt")
+    with pytest.raises(MediADError, match="older MediAD"):
+        train(config, tmp_path / "run", resume=True, show_progress=False)

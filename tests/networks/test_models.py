@@ -245,6 +245,12 @@ def test_modality_dropout_hides_inputs_but_keeps_one() -> None:
     assert (out["tab_mask"].amax(1) == out["tab_mask"].amin(1)).all()
     assert bool(b["has_text"].all())  # the caller's batch is not modified
     assert drop_modalities(b, 0.0, torch.Generator()) is b
+    # an input the model does not read is never the one kept: an MRI-only model keeps its
+    # MRI (and the record it ignores passes through untouched)
+    mri_only = drop_modalities(b, 0.5, torch.Generator().manual_seed(1), (True, False, False))
+    assert bool(mri_only["has_image"][500:].all()) and bool(mri_only["has_text"].all())
+    both = drop_modalities(b, 0.5, torch.Generator().manual_seed(1), (True, True, False))
+    assert ((both["has_image"] + both["has_text"])[500:] >= 1).all()
 
 
 def test_site_adversary_warm_up_scales_what_reaches_the_features() -> None:
@@ -266,3 +272,31 @@ def test_site_adversary_warm_up_scales_what_reaches_the_features() -> None:
         assert model.site_adversary[0].weight.grad.abs().sum() > 0  # the adversary learns
     assert grads[0.0] is None or grads[0.0].abs().sum() == 0
     assert grads[1.0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["concat", "xattn", "mediad"])
+def test_each_modality_is_trained_on_its_own(kind: str) -> None:
+    """The unimodal terms send label gradient to the MRI encoder from the MRI alone, and
+    count only samples that have the input; MRI-only models do without them."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind=kind, sites=("A", "B"), **SMALL), SHAPE)
+    model.train()
+    b = batch()
+    terms = model.losses(model(b), b["label"])
+    assert {"unimodal_image", "unimodal_record"} <= set(terms)
+    model.zero_grad()
+    terms["unimodal_image"].backward()
+    encoder_grad = sum(float(p.grad.abs().sum()) for p in model.image.parameters()
+                       if p.grad is not None)
+    assert encoder_grad > 0
+    assert model.text is not None
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0
+               for p in model.text.parameters())  # the MRI's term reaches no record path
+    # a batch without any MRI: the image term is 0 (but still in the graph, for DDP)
+    no_mri = dict(b, has_image=torch.zeros(4))
+    assert float(model.losses(model(no_mri), b["label"])["unimodal_image"]) == 0.0
+    # evaluation and unimodal models carry no such term
+    model.eval()
+    assert "unimodal_image" not in model.losses(model(b), b["label"])
+    solo = build_model(ModelConfig(kind="image_only", **SMALL), SHAPE)
+    assert solo.unimodal is None
