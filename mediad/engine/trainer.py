@@ -381,7 +381,9 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
             dist.barrier()
         if state["stale"] >= oc.patience and epoch >= oc.min_epochs:
             break
-    train_eval = DataLoader(make_dataset(samples["train"], imaging, False, cache_dir=cache),
+    # the training set as evaluation reads it (the cached one, unless it is augmented)
+    train_eval = DataLoader(make_dataset(samples["train"], imaging, False, cache_dir=cache)
+                            if config.data.augment else train_set,
                             batch_size=oc.batch_size, shuffle=False)
     return _finish(config, out, model, eval_loaders, device, state, meta, d, train_eval)
 

@@ -1,0 +1,140 @@
+"""Missing inputs and calibration: the demo model per input pattern against single-input
+baselines trained on the same split.
+
+For each test set (the demo cohort's test split; new subjects drawn as the demo cohort
+was; the shifted demo cohort, site and age links reversed) it reports balanced accuracy and
+ECE of the demo model's calibrated probabilities with the MRI and record, the MRI only and
+the record only, next to an ``image_only`` model and the ``tabular`` baseline (gradient
+boosting on the record's fields) trained with the demo recipe on the demo model's own split.
+
+Run: ``python benchmarks/bench_missing_inputs.py [--out docs/results/missing-inputs.md]``
+(builds the demo cohort, model and baselines in the data folder when absent). Figures come
+from one run on one machine; test splits are small, so read the intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mediad.data.records import ManifestRow, load_manifest
+from mediad.data.simulate import simulate_cohort
+from mediad.data.splits import Splits
+from mediad.engine.predictor import Predictor
+from mediad.engine.trainer import train
+from mediad.experiments.demo import (
+    DEMO_COHORT,
+    demo_config,
+    ensure_demo_cohort,
+    ensure_demo_model,
+)
+from mediad.io import atomic_write_text
+from mediad.metrics import (
+    balanced_accuracy,
+    bootstrap_statistic,
+    expected_calibration_error,
+    paired_bootstrap,
+)
+from mediad.paths import data_dir
+
+#: New subjects drawn exactly as the demo cohort: a test set big enough for ECE.
+FRESH = DEMO_COHORT.model_copy(update={"n_subjects": 120, "seed": 2028,
+                                        "subject_offset": 9000})
+PATTERNS = {"mri+record": (True, True), "mri": (True, False), "record": (False, True)}
+
+
+def baseline(kind: str, root: Path, splits: Path) -> Path:
+    """A single-input model trained like the demo model, on its split (reused if there)."""
+    folder = root / "bench-baselines" / kind
+    if (folder / "metrics.json").is_file():
+        return folder / "best.pt"
+    cohort, _ = ensure_demo_cohort(root)
+    config = demo_config(cohort, root / "cache")
+    config = config.model_copy(update={
+        "data": config.data.model_copy(update={"splits": splits}),
+        "model": config.model.model_copy(update={"kind": kind,
+                                                 "use_tabular": kind != "image_only"}),
+    })
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    train(config, folder, show_progress=False)
+    return folder / "best.pt"
+
+
+def score(predictor: Predictor, rows: list[ManifestRow], mri: bool, record: bool
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and calibrated probabilities of the rows that have the inputs asked for."""
+    keep = [r for r in rows if r.diagnosis in predictor.classes and (r.mri_path or not mri)]
+    preds = predictor.predict_many([(r.mri_path if mri else None, r if record else None)
+                                    for r in keep])
+    y = np.array([predictor.classes.index(r.diagnosis) for r in keep])
+    proba = np.array([[p.probabilities[c] for c in predictor.classes] for p in preds])
+    return y, proba
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="write the table (Markdown)")
+    args = parser.parse_args()
+    root = data_dir()
+    cohort, _ = ensure_demo_cohort(root)
+    shifted, _ = ensure_demo_cohort(root, shifted=True)
+    best, _ = ensure_demo_model(root, show_progress=False)
+    splits_file = best.parent / "splits.json"
+    splits = Splits.load(splits_file)
+    started = time.perf_counter()
+    models = {"demo model (MediAD)": Predictor(best),
+              "image_only baseline": Predictor(baseline("image_only", root, splits_file)),
+              "tabular baseline": Predictor(baseline("tabular", root, splits_file))}
+    print(f"baselines ready in {time.perf_counter() - started:.0f} s")
+    fresh = root / "bench-in-distribution"
+    if not (fresh / "manifest.csv").is_file():
+        simulate_cohort(FRESH, fresh, overwrite=True)
+    test_sets = {
+        "in distribution (demo test split)": [
+            r for r in load_manifest(cohort / "manifest.csv").rows
+            if splits.split_of(r.subject_id) == "test"],
+        f"fresh in-distribution cohort ({FRESH.n_subjects} new subjects)": load_manifest(
+            fresh / "manifest.csv").rows,
+        "shifted demo cohort": load_manifest(shifted / "manifest.csv").rows,
+    }
+    asked = {"demo model (MediAD)": ("mri+record", "mri", "record"),
+             "image_only baseline": ("mri",), "tabular baseline": ("record",)}
+    lines = ["| test set | model | inputs | n | balanced accuracy (95 % CI) | ECE |",
+             "|---|---|---|---|---|---|"]
+    diffs = ["| test set | MediAD against | inputs | difference, points (95 % CI) |",
+             "|---|---|---|---|"]
+    for set_name, rows in test_sets.items():
+        got = {}
+        for model_name, predictor in models.items():
+            for pattern in asked[model_name]:
+                y, proba = score(predictor, rows, *PATTERNS[pattern])
+                got[model_name, pattern] = y, proba
+                ba = bootstrap_statistic(lambda i, y=y, p=proba: balanced_accuracy(
+                    y[i], p[i].argmax(1)), len(y), n_boot=1000)
+                lines.append(f"| {set_name} | {model_name} | {pattern} | {len(y)} | "
+                             f"{ba['value']:.3f} ({ba['ci_low']:.3f}–{ba['ci_high']:.3f}) | "
+                             f"{expected_calibration_error(y, proba):.3f} |")
+                print(lines[-1], flush=True)
+        for other, pattern in (("image_only baseline", "mri"), ("tabular baseline", "record")):
+            (y, a), (y2, b) = got["demo model (MediAD)", pattern], got[other, pattern]
+            assert (y == y2).all()  # the same subjects, in the same order
+            d = paired_bootstrap(lambda i, y=y, a=a: balanced_accuracy(y[i], a[i].argmax(1)),
+                                 lambda i, y=y, b=b: balanced_accuracy(y[i], b[i].argmax(1)),
+                                 len(y), n_boot=1000)
+            diffs.append(f"| {set_name} | {other} | {pattern} | {100 * d['value']:+.1f} "
+                         f"({100 * d['ci_low']:+.1f} to {100 * d['ci_high']:+.1f}) |")
+            print(diffs[-1], flush=True)
+    lines += ["", *diffs]
+    table = "\n".join(lines) + "\n"
+    if args.out:
+        atomic_write_text(args.out, table)
+
+
+if __name__ == "__main__":
+    main()
