@@ -16,6 +16,7 @@ from one run on one machine; test splits are small, so read the intervals.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -48,10 +49,9 @@ PATTERNS = {"mri+record": (True, True), "mri": (True, False), "record": (False, 
 
 
 def baseline(kind: str, root: Path, splits: Path) -> Path:
-    """A single-input model trained like the demo model, on its split (reused if there)."""
+    """A single-input model trained like the demo model, on its split (reused when it was
+    made by the same recipe)."""
     folder = root / "bench-baselines" / kind
-    if (folder / "metrics.json").is_file():
-        return folder / "best.pt"
     cohort, _ = ensure_demo_cohort(root)
     config = demo_config(cohort, root / "cache")
     config = config.model_copy(update={
@@ -59,11 +59,14 @@ def baseline(kind: str, root: Path, splits: Path) -> Path:
         "model": config.model.model_copy(update={"kind": kind,
                                                  "use_tabular": kind != "image_only"}),
     })
+    recipe = config.to_yaml()
+    stamp = folder / "recipe.yaml"
+    if (folder / "metrics.json").is_file() and stamp.is_file() and stamp.read_text() == recipe:
+        return folder / "best.pt"
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     train(config, folder, show_progress=False)
+    stamp.write_text(recipe)
     return folder / "best.pt"
 
 
