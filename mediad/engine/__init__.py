@@ -34,6 +34,7 @@ _HOMES = {
     "hash_subjects": "checkpoint",
     "input_pattern": "calibration",
     "load_checkpoint": "checkpoint",
+    "lr_schedule": "trainer",
     "make_dataset": "samples",
     "make_summarizer": "samples",
     "new_salt": "checkpoint",
