@@ -439,7 +439,8 @@ def verdicts(out: Path, cfg: AblationConfig, reference: str = "concat") -> list[
                 mean = lambda s: float(np.mean([balanced_accuracy(x["y"], x["pred"])  # noqa: E731
                                                 for x in s]))
                 r = recovered_share(mean(cand), mean(ref), mean(ceil))
-                share = (", recovers n/a (no shortcut cost)" if r != r
+                share = (", recovered share not measurable (its ceiling, the variant "
+                         "trained unconfounded, is not above concat)" if r != r
                          else f", recovers {100 * r:.0f} %")
             word = ("above" if diff["ci_low"] > 0 else "BELOW" if diff["ci_high"] < 0
                     else "not different from")
@@ -470,12 +471,12 @@ def _target(out: Path, cfg: AblationConfig) -> str:
             below.append(test_set)
     met = (all(shares[k] >= 0.8 for k in ("site_reversed", "unseen_scanner"))
            and not below)
-    # nan: no shortcut cost to recover (the ceiling is not above concat)
+    # nan: the ceiling (mediad trained unconfounded) is not above concat, e.g. it did not learn
     return (f"Target (mediad recovers ≥ 80 % on the site axis and the unseen scanner, and is "
             f"below concat on no axis): **{'met' if met else 'not met'}**. Recovered: "
             + ", ".join(f"{k.replace('_', ' ')} "
-                        + (f"{100 * v:.0f} %" if v == v else "not measurable (the ceiling is "
-                           "not above concat)") for k, v in shares.items())
+                        + (f"{100 * v:.0f} %" if v == v else "not measurable (mediad trained "
+                           "unconfounded is not above concat)") for k, v in shares.items())
             + (f"; below concat on {', '.join(below)}." if below else "."))
 
 
