@@ -116,6 +116,10 @@ if out_dir and Path(out_dir).is_dir():
             col.metric(key.replace("_", " "), f"{m[key]['value']:.3f}",
                        f"95% CI {m[key]['ci_low']:.2f}–{m[key]['ci_high']:.2f}",
                        delta_color="off")
+        if (floor := payload["cohort"].get("ece_floor")) is not None:
+            st.caption(f"ECE is above zero on a finite cohort even for exact probabilities: "
+                       f"a perfectly calibrated model would read about {floor:.3f} on these "
+                       "subjects. Only an ECE well above that shows miscalibration.")
         st.dataframe(pd.DataFrame(m).T, width="stretch")
         pics = [p for p in ("confusion_matrix.png", "roc_curves.png", "reliability.png",
                             "subgroups.png") if (out / p).is_file()]

@@ -75,6 +75,8 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]
                           "with `mediad train`")
     imaging = ck["config"].get("data", {}).setdefault("imaging", {})
     imaging.setdefault("preprocess", None)  # trained before preprocessing existed: raw input
+    # calibrated before shift averaging existed: predict as it was calibrated
+    ck["config"]["model"].setdefault("shift_average", 0)
     have = ck["config"]["model"]["task"]
     if task is not None and have != task:
         raise MediADError(f"{p}: checkpoint is for task {have!r}, not {task!r}")

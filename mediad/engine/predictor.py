@@ -226,7 +226,7 @@ class Predictor:
             batch["image"] = torch.stack(images)
             batch["has_image"] = torch.tensor([1.0 if u else 0.0 for u in use_mri])
             with torch.inference_mode():
-                out = self.model({k: v.to(self.device) for k, v in batch.items()})
+                out = self.model.predict({k: v.to(self.device) for k, v in batch.items()})
             log_p = out.log_probs.float().cpu().numpy()
             if out.readout is not None:
                 readout = out.readout.float().cpu().numpy()

@@ -76,10 +76,12 @@ class TrainResult:
 
 @torch.no_grad()
 def predict_loader(model: MultimodalNet, loader: DataLoader, device: torch.device,
-                   pattern: InputPattern | None = None) -> dict[str, np.ndarray]:
+                   pattern: InputPattern | None = None, averaged: bool = False
+                   ) -> dict[str, np.ndarray]:
     """Predictions over a loader: ``y``, ``log_probs`` (P(Y|do(X))), ``log_probs_mediator``
     (the auxiliary mediator head), ``features`` (what the label is read from) and sample
-    ``index``; ``pattern`` hides the inputs outside it (calibration per input pattern)."""
+    ``index``; ``pattern`` hides the inputs outside it (calibration per input pattern);
+    ``averaged``: the shift-averaged answer users get (:meth:`MultimodalNet.predict`)."""
     model.eval()
     keys = ("y", "log_probs", "log_probs_mediator", "features", "index")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -88,7 +90,7 @@ def predict_loader(model: MultimodalNet, loader: DataLoader, device: torch.devic
         if pattern is not None:
             b = restrict_inputs(b, pattern)
         with _autocast(device):
-            out = model(b)
+            out = model.predict(b) if averaged else model(b)
         parts["y"].append(batch["label"].numpy())
         parts["log_probs"].append(out.log_probs.float().cpu().numpy())
         parts["log_probs_mediator"].append(out.log_probs_mediator.float().cpu().numpy())
@@ -396,7 +398,7 @@ def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
         model.load_state_dict(best["model_state"])
     metrics: dict[str, Any] = {"best_epoch": state["best_epoch"]}
     for name, loader in loaders.items():
-        p = predict_loader(model, loader, device)
+        p = predict_loader(model, loader, device, averaged=True)
         metrics[name] = classification_metrics(p["y"], p["log_probs"], config.model.classes)
     calibration = None
     if "val" in loaders:
@@ -426,8 +428,8 @@ def _calibrate(model: MultimodalNet, loaders: dict[str, DataLoader], train_eval:
     """Temperatures on validation, and the training feature distribution, per pattern."""
     per_pattern = {}
     for pattern in _patterns(model):
-        val = predict_loader(model, loaders["val"], device, pattern)
-        train = predict_loader(model, train_eval, device, pattern)
+        val = predict_loader(model, loaders["val"], device, pattern, averaged=True)
+        train = predict_loader(model, train_eval, device, pattern)  # features: unshifted
         per_pattern[pattern] = {"y": val["y"], "log_probs": val["log_probs"],
                                 "train_features": train.get("features"),
                                 "val_features": val.get("features")}
@@ -441,7 +443,7 @@ def _pattern_metrics(model: MultimodalNet, loader: DataLoader, device: torch.dev
 
     out = {}
     for pattern in _patterns(model):
-        p = predict_loader(model, loader, device, pattern)
+        p = predict_loader(model, loader, device, pattern, averaged=True)
         keep = p["y"] >= 0
         if not keep.any():
             continue

@@ -205,8 +205,10 @@ def _train_config(cfg: AblationConfig, variant: str, seed: int, manifest: Path,
                  "imaging": {"spacing": [cfg.spacing] * 3, "shape": list(cfg.shape),
                              "preprocess": None},  # the template grid: nothing to register
                  "split": {"seed": 0}, "summary": summary, **data},
+        # no registration, so no registration jitter to average over (and the grid's
+        # cells stay comparable with those made before shift averaging existed)
         "model": {"tabular_fields": [f for f in TABULAR_FIELDS if f not in cfg.exclude_fields],
-                  **parts["model"]},
+                  "shift_average": 0, **parts["model"]},
         "optim": {"epochs": cfg.epochs, "patience": cfg.patience, "min_epochs": cfg.min_epochs,
                   "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_epochs": cfg.warmup_epochs,
                   "seed": seed, **parts["optim"]},

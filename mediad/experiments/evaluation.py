@@ -34,6 +34,7 @@ from mediad.metrics import (
     balanced_accuracy,
     bootstrap_metrics,
     bootstrap_statistic,
+    ece_noise_floor,
 )
 
 __all__ = ["EvalResult", "evaluate"]
@@ -284,6 +285,7 @@ def _report(predictor: Predictor, frame: pd.DataFrame, manifest: str, out: Path,
         proba = labelled[[f"p_{c}" for c in classes]].astype(float).to_numpy()
         subjects = labelled["subject_id"].to_numpy()  # a subject's visits resample together
         metrics = bootstrap_metrics(y, proba, classes, n_boot, seed, groups=subjects)
+        info["ece_floor"] = ece_noise_floor(proba, seed=seed)
         subgroups = _subgroups(labelled, y, proba, classes, max(100, n_boot // 5), seed)
         sites = labelled["site"]
         if (sites != "").all() and sites.nunique() > 1:

@@ -19,7 +19,12 @@ from mediad.data.records import load_manifest
 from mediad.engine.predictor import Predictor
 from mediad.errors import LeakageError
 from mediad.experiments.evaluation import evaluate, predict_stream
-from mediad.metrics import bootstrap_metrics, classification_report, expected_calibration_error
+from mediad.metrics import (
+    bootstrap_metrics,
+    classification_report,
+    ece_noise_floor,
+    expected_calibration_error,
+)
 
 CLASSES = ("CN", "MCI", "AD")
 
@@ -50,6 +55,24 @@ def test_ece_by_hand() -> None:
     y = np.array([0, 1, 2, 0])
     assert expected_calibration_error(y, onehot([0, 1, 2, 0], 0.8)) == pytest.approx(0.2)
     assert expected_calibration_error(y, onehot([1, 1, 2, 2], 0.5)) == pytest.approx(0.0)
+
+
+def test_ece_noise_floor_is_what_exact_probabilities_read() -> None:
+    """The floor is the ECE of a model whose probabilities are right: it vanishes for
+    certain ones, matches labels drawn from the probabilities, and shrinks with n."""
+    rng = np.random.default_rng(0)
+    assert ece_noise_floor(onehot([0, 1, 2, 0], 1.0)) == pytest.approx(0.0)
+    proba = rng.dirichlet(np.ones(3) * 0.7, 120)
+    drawn = [expected_calibration_error(np.array([rng.choice(3, p=p) for p in proba]), proba)
+             for _ in range(200)]
+    floor = ece_noise_floor(proba, seed=1)
+    assert floor == pytest.approx(np.mean(drawn), abs=0.01)
+    assert floor > 0.05  # at 120 subjects, well above the 0.05 an issue asked for
+    assert ece_noise_floor(rng.dirichlet(np.ones(3) * 0.7, 1200)) < floor / 2
+    # a model that is wrong at confidence 0.9 reads far above its floor
+    labels = np.array([rng.choice(3, p=p) for p in proba])
+    sharp = np.eye(3)[proba.argmax(1)] * 0.85 + 0.05
+    assert expected_calibration_error(labels, sharp) > ece_noise_floor(sharp) + 0.1
 
 
 def test_bootstrap_is_seeded() -> None:

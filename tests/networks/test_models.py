@@ -300,3 +300,28 @@ def test_each_modality_is_trained_on_its_own(kind: str) -> None:
     assert "unimodal_image" not in model.losses(model(b), b["label"])
     solo = build_model(ModelConfig(kind="image_only", **SMALL), SHAPE)
     assert solo.unimodal is None
+
+
+@pytest.mark.parametrize("kind", ["mediad", "image_only"])
+def test_predict_averages_over_shifted_images(kind: str) -> None:
+    """The answer users get is the mean probability over the MRI rolled by up to one voxel
+    per axis (27 positions); training, and a batch without MRIs, read the plain forward."""
+    import itertools
+
+    model = build_model(ModelConfig(kind=kind, **SMALL), SHAPE).eval()
+    b = batch()
+    with torch.no_grad():
+        want = torch.stack([model({**b, "image": torch.roll(b["image"], o, dims=(2, 3, 4))}
+                                  ).log_probs.exp()
+                            for o in itertools.product((-1, 0, 1), repeat=3)]).mean(0)
+        got = model.predict(b)
+        torch.testing.assert_close(got.log_probs.exp(), want, rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(got.log_probs[:2], model(b).log_probs[:2], atol=1e-4)
+        # the read-out (the OOD distance's features) is the unshifted image's
+        if got.readout is not None:
+            torch.testing.assert_close(got.readout, model(b).readout)
+        no_mri = {**b, "has_image": torch.zeros(4)}
+        torch.testing.assert_close(model.predict(no_mri).log_probs, model(no_mri).log_probs)
+        plain = build_model(ModelConfig(kind=kind, shift_average=0, **SMALL), SHAPE).eval()
+        plain.load_state_dict(model.state_dict())
+        torch.testing.assert_close(plain.predict(b).log_probs, model(b).log_probs)
