@@ -241,8 +241,8 @@ def _fixed(spacing: float) -> tuple[Any, Any]:
     """The template brain as the registration metric sees it (smoothed, on its grid), and
     where the metric looks: the brain, one voxel wider. Samples drawn from the empty box
     around it carry no information; with them, the coarse grid's metric was so noisy that a
-    posed brain's registration could fail (correlation with the unposed result down to 0.5,
-    `benchmarks/bench_pose.py`)."""
+    posed brain's registration could fail (correlation with the unposed result down to 0.5
+    at the demo's old settings, docs/design.md)."""
     import SimpleITK as sitk
 
     fixed = _coarse(_to_sitk(_template(spacing)[0]), spacing)
