@@ -162,6 +162,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
         update={"sites": sites})})
     if d.main:
         (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        if not resume:  # a run started afresh (e.g. a grid cell whose last.pt was not
+            # committed) must not append its epochs to an earlier attempt's log
+            (out / "metrics.jsonl").unlink(missing_ok=True)
     summarizer = make_summarizer(config, cache) if use_text else None
     embedder = TextEmbedder(config.data.text_model, cache / "embeddings") if (
         use_text) else None

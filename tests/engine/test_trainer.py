@@ -42,6 +42,18 @@ def test_run_folder_and_checkpoint_contents(run: Path) -> None:
     assert epochs == [1, 2, 3, 4]
 
 
+def test_a_run_started_afresh_keeps_no_earlier_epochs(tiny_cohort: Path, tmp_path: Path
+                                                      ) -> None:
+    """A grid cell whose folder came without its last.pt (a fresh clone) trains from the
+    start; its log must not carry the earlier attempt's epochs too."""
+    out = tmp_path / "cell"
+    train(tiny_train_config(tiny_cohort), out, show_progress=False, max_epochs=2)
+    (out / "last.pt").unlink()
+    train(tiny_train_config(tiny_cohort), out, show_progress=False, max_epochs=1)
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").open()]
+    assert epochs == [1]
+
+
 def test_checkpoint_round_trip_reproduces_predictions(run: Path, tiny_cohort: Path) -> None:
     """Reloaded, the model scores the test split exactly as training reported."""
     predictor = Predictor(run / "best.pt")
