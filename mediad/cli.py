@@ -479,10 +479,12 @@ def app_cmd(
     import os
     import socket
 
-    from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
-
     if data_dir is not None:
         os.environ["MEDIAD_DATA_DIR"] = str(data_dir.resolve())
+    if demo_assets:
+        _start_workers_for_demo()
+    from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
+
     if demo_assets:
         with _progress("demo cohort") as update:
             ensure_demo_cohort(progress=update)
@@ -511,6 +513,15 @@ def streamlit_command(script: Path, host: str, port: int) -> list[str]:
             "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
             "--server.maxUploadSize", os.environ.get("MEDIAD_MAX_UPLOAD_MB", "256")]
+
+
+def _start_workers_for_demo(root: Path | None = None) -> None:
+    """A first start builds the demo in worker processes: let them import while we do."""
+    from mediad.paths import data_dir
+    from mediad.workers import start_worker_server
+
+    if not ((root or data_dir()) / "demo-model" / "source.json").is_file():
+        start_worker_server()
 
 
 def _build_held_out_in_background() -> None:
@@ -590,6 +601,7 @@ def demo(
                                               "and the rest of the record add.")] = False,
 ) -> None:
     """Build the demo cohort (first time only), validate it and say what it holds."""
+    _start_workers_for_demo(data_dir)
     from mediad.data.validate import validate_path
     from mediad.experiments.demo import ensure_demo_cohort
 

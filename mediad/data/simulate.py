@@ -23,13 +23,11 @@ drawn and how well the causes (and the site alone) predict the diagnosis.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +42,7 @@ from scipy import ndimage
 
 from mediad.data.records import DIAGNOSES, ClinicalRecord, to_adnimerge_row
 from mediad.errors import MediADError
+from mediad.workers import process_pool
 
 __all__ = [
     "HIPPOCAMPUS_CENTERS_MM",
@@ -736,10 +735,7 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: str | Path, overwrite: bool 
                  for row, seed, r in zip(frame.itertuples(index=False), seeds, rel, strict=True)
                  if r is not None]
         if cfg.workers > 1:
-            # spawn, not fork: forking a process whose OpenMP runtime has started can hang
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(cfg.workers, mp_context=ctx,
-                                     initializer=_init_worker) as pool:
+            with process_pool(cfg.workers, initializer=_init_worker) as pool:
                 for i, _ in enumerate(pool.map(_render_task, tasks, chunksize=4)):
                     if progress:
                         progress(i + 1, len(tasks))
