@@ -65,6 +65,11 @@ class OptimConfig(BaseModel):
         "site_balanced", description="Checkpoint selection score on validation: balanced "
         "accuracy with every site weighted alike per class (does not reward a site "
         "shortcut), or plain balanced accuracy.")
+    tie_break: Literal["log_loss", "first"] = Field(
+        "log_loss", description="Between epochs with the same selection score (frequent: "
+        "on 22-30 validation subjects it moves in steps of a few points), keep the one "
+        "with the lower validation log-loss, or the first. The demo's epochs 12 and 15 tied "
+        "at 0.933; epoch 12 was so under-confident that its temperature hit the bound.")
     modality_dropout: float = Field(
         0.3, ge=0.0, lt=1.0, description="Chance that each input (MRI, summary, record "
         "fields) is hidden from a training sample, so that MRI-only and record-only "

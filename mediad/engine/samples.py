@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,9 @@ def make_dataset(samples: list[dict[str, Any]], imaging: ImagingConfig, augment:
                                           imaging.upper_percentile))
     transform = Compose(steps)
     if cache:
-        return CacheDataset(samples, transform, progress=False, num_workers=0)
+        # threads: reading and resampling release the GIL (150 demo MRIs: 8.6 s in one)
+        return CacheDataset(samples, transform, progress=False,
+                            num_workers=min(4, os.cpu_count() or 1))
     return Dataset(samples, transform)
 
 

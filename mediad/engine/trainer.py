@@ -14,8 +14,9 @@ re-clustered from features gathered from all ranks, and rank 0 writes.
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,7 +300,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
     optimizer = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_schedule(oc.epochs * len(loader), round(oc.warmup_epochs * len(loader))))
-    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "stale": 0}
+    state = {"epoch": 0, "best": (-1.0, -math.inf), "best_epoch": 0, "stale": 0}
     if resume:
         ck = load_checkpoint(out / "last.pt", config.model.task)
         if "lr_lambdas" not in ck["scheduler"]:
@@ -310,6 +311,8 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["torch_rng"])
         state = dict(ck["train_state"])
+        if not isinstance(state["best"], tuple):  # saved before the tie-break existed
+            state["best"] = (float(state["best"]), -math.inf)
     elif model.front_door is not None:
         _refresh(model, *_features(net, loader, device, d, sampler, 0), oc.seed)
     stop = state["epoch"] + (max_epochs or oc.epochs)
@@ -359,13 +362,15 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                 pv["y"], pv["log_probs"].argmax(1), val_sites)
         key = ("site_balanced_accuracy" if oc.selection == "site_balanced"
                else "balanced_accuracy")
-        score = metrics.get("val", {}).get(key, -total / max(1, n))
+        val = metrics.get("val", {})
+        score = val.get(key, -total / max(1, n))
         if score != score:  # NaN (a validation split with one class): fall back to the loss
             score = -total / max(1, n)
-        improved = score > state["best"]
+        tie = -val["log_loss"] if oc.tie_break == "log_loss" and "log_loss" in val else 0.0
+        improved = (score, tie) > state["best"]
         state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
         if improved:
-            state.update(best=score, best_epoch=epoch)
+            state.update(best=(score, tie), best_epoch=epoch)
         if d.main:
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(metrics) + "\n")
@@ -400,16 +405,27 @@ def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
     if best is not None:
         model.load_state_dict(best["model_state"])
     metrics: dict[str, Any] = {"best_epoch": state["best_epoch"]}
-    for name, loader in loaders.items():
-        p = predict_loader(model, loader, device, averaged=True)
+    memo: dict[tuple[str, InputPattern | None], dict[str, np.ndarray]] = {}
+
+    def averaged(name: str, pattern: InputPattern | None = None) -> dict[str, np.ndarray]:
+        """Shift-averaged predictions, each computed once (27 forward passes a subject):
+        a pattern that hides nothing the model reads is the plain prediction."""
+        if pattern == "mri+record" or (pattern,) == _patterns(model):
+            pattern = None
+        if (name, pattern) not in memo:
+            memo[name, pattern] = predict_loader(model, loaders[name], device, pattern,
+                                                 averaged=True)
+        return memo[name, pattern]
+
+    for name in loaders:
+        p = averaged(name)
         metrics[name] = classification_metrics(p["y"], p["log_probs"], config.model.classes)
     calibration = None
     if "val" in loaders:
-        calibration = _calibrate(model, loaders, train_eval, device)
+        calibration = _calibrate(model, averaged, train_eval, device)
         metrics["calibration"] = calibration.model_dump(mode="json", exclude={"features"})
         if "test" in loaders:
-            metrics["test_calibrated"] = _pattern_metrics(model, loaders["test"], device,
-                                                          calibration, config)
+            metrics["test_calibrated"] = _pattern_metrics(model, averaged, calibration, config)
     if d.main and best is not None:
         extra = {} if calibration is None else {"calibration": calibration.model_dump(
             mode="json")}
@@ -426,12 +442,12 @@ def _patterns(model: MultimodalNet) -> tuple[InputPattern, ...]:
     return ("mri",) if model.use_image else ("record",)
 
 
-def _calibrate(model: MultimodalNet, loaders: dict[str, DataLoader], train_eval: DataLoader,
-               device: torch.device) -> Calibration:
+def _calibrate(model: MultimodalNet, averaged: Callable[..., dict[str, np.ndarray]],
+               train_eval: DataLoader, device: torch.device) -> Calibration:
     """Temperatures on validation, and the training feature distribution, per pattern."""
     per_pattern = {}
     for pattern in _patterns(model):
-        val = predict_loader(model, loaders["val"], device, pattern, averaged=True)
+        val = averaged("val", pattern)
         train = predict_loader(model, train_eval, device, pattern)  # features: unshifted
         per_pattern[pattern] = {"y": val["y"], "log_probs": val["log_probs"],
                                 "train_features": train.get("features"),
@@ -439,14 +455,14 @@ def _calibrate(model: MultimodalNet, loaders: dict[str, DataLoader], train_eval:
     return fit_calibration(per_pattern)
 
 
-def _pattern_metrics(model: MultimodalNet, loader: DataLoader, device: torch.device,
+def _pattern_metrics(model: MultimodalNet, averaged: Callable[..., dict[str, np.ndarray]],
                      calibration: Calibration, config: TrainConfig) -> dict[str, Any]:
     """Test balanced accuracy and ECE per input pattern, before and after calibration."""
     from scipy.special import softmax
 
     out = {}
     for pattern in _patterns(model):
-        p = predict_loader(model, loader, device, pattern, averaged=True)
+        p = averaged("test", pattern)
         keep = p["y"] >= 0
         if not keep.any():
             continue

@@ -211,7 +211,9 @@ def _train_config(cfg: AblationConfig, variant: str, seed: int, manifest: Path,
                   "shift_average": 0, **parts["model"]},
         "optim": {"epochs": cfg.epochs, "patience": cfg.patience, "min_epochs": cfg.min_epochs,
                   "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_epochs": cfg.warmup_epochs,
-                  "seed": seed, **parts["optim"]},
+                  "seed": seed,
+                  # the grid's recipe from before the log-loss tie-break: cells stay comparable
+                  "tie_break": "first", **parts["optim"]},
     })
 
 
