@@ -41,6 +41,18 @@ def test_temperature_undoes_overconfidence() -> None:
     assert fit_temperature(lp[:3], y[:3]) == 1.0  # too few to fit: left alone
 
 
+def test_an_under_confident_model_is_sharpened_and_a_perfect_split_is_bounded() -> None:
+    """Shift-averaged MRI-only answers are far less sure than right (T ~0.25 measured)."""
+    from mediad.engine.calibration import MIN_TEMPERATURE
+
+    lp, y = _overconfident(4000, 0.25, 3)
+    t = fit_temperature(lp, y)
+    assert 0.2 < t < 0.3
+    assert expected_calibration_error(y, softmax(lp / t, axis=1)) < 0.03
+    perfect = log_softmax(np.eye(3)[y[:30]] * 2.0, axis=1)  # every answer right
+    assert fit_temperature(perfect, y[:30]) == pytest.approx(MIN_TEMPERATURE, rel=1e-3)
+
+
 def test_each_input_pattern_gets_its_own_temperature() -> None:
     sure, y1 = _overconfident(2000, 3.0, 1)
     shy, y2 = _overconfident(2000, 0.5, 2)
