@@ -43,6 +43,7 @@ _HOMES = {
     "prepare_images": "samples",
     "restrict_inputs": "calibration",
     "saliency": "explain",
+    "selection_score": "trainer",
     "save_checkpoint": "checkpoint",
     "train": "trainer",
 }

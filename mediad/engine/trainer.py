@@ -44,7 +44,7 @@ from mediad.engine.checkpoint import (
     new_salt,
     save_checkpoint,
 )
-from mediad.engine.config import TrainConfig, cache_root
+from mediad.engine.config import OptimConfig, TrainConfig, cache_root
 from mediad.engine.ddp import DistInfo, distributed, gather
 from mediad.engine.samples import (
     balance_weights,
@@ -65,7 +65,7 @@ from mediad.metrics import (
 from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import ARCHITECTURE, MultimodalNet, TabularBaseline, build_model
 
-__all__ = ["TrainResult", "lr_schedule", "predict_loader", "train"]
+__all__ = ["TrainResult", "lr_schedule", "predict_loader", "selection_score", "train"]
 
 
 @dataclass
@@ -360,17 +360,11 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
             val_sites = np.array([samples["val"][i]["site"] for i in pv["index"]])
             metrics["val"]["site_balanced_accuracy"] = site_balanced_accuracy(
                 pv["y"], pv["log_probs"].argmax(1), val_sites)
-        key = ("site_balanced_accuracy" if oc.selection == "site_balanced"
-               else "balanced_accuracy")
-        val = metrics.get("val", {})
-        score = val.get(key, -total / max(1, n))
-        if score != score:  # NaN (a validation split with one class): fall back to the loss
-            score = -total / max(1, n)
-        tie = -val["log_loss"] if oc.tie_break == "log_loss" and "log_loss" in val else 0.0
-        improved = (score, tie) > state["best"]
+        score = selection_score(metrics.get("val", {}), oc, metrics["train_loss"])
+        improved = score > state["best"]
         state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
         if improved:
-            state.update(best=(score, tie), best_epoch=epoch)
+            state.update(best=score, best_epoch=epoch)
         if d.main:
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(metrics) + "\n")
@@ -386,7 +380,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                 tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.3f}, val balanced "
                            f"accuracy {val.get('balanced_accuracy', float('nan')):.3f}, "
                            f"site-balanced {val.get('site_balanced_accuracy', float('nan')):.3f}"
-                           + (f" (best {key.replace('_', ' ')})" if improved else ""))
+                           + (" (best so far)" if improved else ""))
         if d.world > 1:
             dist.barrier()
         if state["stale"] >= oc.patience and epoch >= oc.min_epochs:
@@ -396,6 +390,19 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                             if config.data.augment else train_set,
                             batch_size=oc.batch_size, shuffle=False)
     return _finish(config, out, model, eval_loaders, device, state, meta, d, train_eval)
+
+
+def selection_score(val: dict[str, Any], oc: OptimConfig, train_loss: float
+                    ) -> tuple[float, float]:
+    """What checkpoint selection maximises: the validation score (``oc.selection``), then
+    minus the validation log-loss (``oc.tie_break``); minus the training loss when there is
+    no validation score (no split, or one class only: NaN)."""
+    key = "site_balanced_accuracy" if oc.selection == "site_balanced" else "balanced_accuracy"
+    score = val.get(key, float("nan"))
+    if score != score:
+        return -train_loss, 0.0
+    tie = -val["log_loss"] if oc.tie_break == "log_loss" and "log_loss" in val else 0.0
+    return float(score), float(tie)
 
 
 def _finish(config: TrainConfig, out: Path, model: MultimodalNet,

@@ -202,6 +202,27 @@ def test_learning_rate_warms_up_per_step_then_decays() -> None:
     assert lr_schedule(100, 0)(0) == 1.0  # no warm-up: the peak from the first step
 
 
+def test_selection_breaks_ties_on_validation_log_loss() -> None:
+    """On a few dozen validation subjects equal scores are common; the better-calibrated
+    epoch of two equals is kept (the demo's epochs 12 and 15 both read 0.933)."""
+    from mediad.engine.config import OptimConfig
+    from mediad.engine.trainer import selection_score
+
+    oc = OptimConfig()
+    early = {"site_balanced_accuracy": 0.933, "balanced_accuracy": 0.9, "log_loss": 0.48}
+    late = {**early, "log_loss": 0.34}
+    assert selection_score(late, oc, 1.0) > selection_score(early, oc, 1.0)
+    assert selection_score({**early, "site_balanced_accuracy": 0.95}, oc, 1.0) > \
+        selection_score(late, oc, 1.0)  # the score itself still comes first
+    first = OptimConfig(tie_break="first")
+    assert not selection_score(late, first, 1.0) > selection_score(early, first, 1.0)
+    plain = OptimConfig(selection="balanced")
+    assert selection_score(late, plain, 1.0)[0] == 0.9
+    # no usable validation score (one class: NaN; or no split): the training loss decides
+    assert selection_score({"site_balanced_accuracy": float("nan")}, oc, 0.7) == (-0.7, 0.0)
+    assert selection_score({}, oc, 0.5) > selection_score({}, oc, 0.7)
+
+
 def test_a_run_from_before_the_warm_up_is_not_resumed(tiny_cohort: Path,
                                                         tmp_path: Path) -> None:
     """An older last.pt (learning rate per epoch) would restart the schedule wrongly."""
