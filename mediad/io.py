@@ -6,14 +6,34 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "complete_lines"]
 
 
+@lru_cache(maxsize=1)
+def _new_file_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 less the umask (read without changing
+    it where /proc tells, since setting it is process-wide)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    """Yield a temporary path beside ``path``; rename it into place only on success.
+
+    The result gets the permissions a plainly written file would (or the replaced file's):
+    the temporary file is private (0600), and a report that only its writer can read is
+    no use to the rest of a lab."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
@@ -21,6 +41,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        try:
+            mode = target.stat().st_mode & 0o7777
+        except OSError:
+            mode = _new_file_mode()
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
