@@ -46,6 +46,7 @@ _HOMES = {
     "selection_score": "trainer",
     "save_checkpoint": "checkpoint",
     "train": "trainer",
+    "uncertainty_statement": "predictor",
 }
 
 __all__, __getattr__ = lazy_exports(__name__, _HOMES)

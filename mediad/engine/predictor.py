@@ -5,6 +5,7 @@ provenance, and exactly which inputs were used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,7 +28,7 @@ from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import MultimodalNet, TabularBaseline, build_model
 from mediad.summarize import Summarizer
 
-__all__ = ["CONFIDENT", "Prediction", "Predictor", "PreparedMRI"]
+__all__ = ["CONFIDENT", "Prediction", "Predictor", "PreparedMRI", "uncertainty_statement"]
 
 
 class PreparedMRI(NamedTuple):
@@ -42,6 +43,23 @@ class PreparedMRI(NamedTuple):
 
 #: Below this calibrated top probability an answer is called uncertain.
 CONFIDENT = 0.6
+
+
+def uncertainty_statement(top: float, flags: list[str], calibrated: bool, pattern: str
+                          ) -> str:
+    """The sentence a person reads next to the answer: any flag first, then whether the top
+    probability is high enough to lean on (never written as 1.00, nor, below the line,
+    rounded up onto it)."""
+    if flags:
+        return "Do not rely on this answer: " + "; ".join(flags) + "."
+    shown = min(math.floor(top * 100 + 1e-6) / 100, 0.99)  # 0.57 * 100 is 56.99999...
+    if top < CONFIDENT:
+        return (f"Uncertain: no class reaches {CONFIDENT} (top {min(shown, CONFIDENT - 0.01):.2f}"
+                "); the inputs do not settle the question.")
+    return (f"{'Calibrated' if calibrated else 'Uncalibrated'} probability {shown:.2f} "
+            f"for {pattern} inputs"
+            + ("" if calibrated else " (this checkpoint has no calibration: probabilities "
+               "may be over-confident)") + ".")
 
 
 class Prediction(BaseModel):
@@ -262,17 +280,8 @@ class Predictor:
             flags.append(f"far from the training data (Mahalanobis distance {ood[0]:.1f} > "
                          f"{ood[1]:.1f}, {OOD_MARGIN:g} x the validation "
                          f"{OOD_PERCENTILE:g}th percentile, for {pattern} inputs)")
-        top = float(probs.max())
-        if flags:
-            uncertainty = ("Do not rely on this answer: " + "; ".join(flags) + ".")
-        elif top < CONFIDENT:
-            uncertainty = (f"Uncertain: no class reaches {CONFIDENT} (top {top:.2f}); the "
-                           "inputs do not settle the question.")
-        else:
-            uncertainty = (f"{'Calibrated' if self.calibration else 'Uncalibrated'} "
-                           f"probability {min(top, 0.99):.2f} for {pattern} inputs"
-                           + ("" if self.calibration else " (this checkpoint has no "
-                              "calibration: probabilities may be over-confident)") + ".")
+        uncertainty = uncertainty_statement(float(probs.max()), flags,
+                                            self.calibration is not None, pattern)
         return Prediction(
             classes=self.classes,
             probabilities={c: round(float(p), 6) for c, p in zip(self.classes, probs,
