@@ -24,7 +24,7 @@ from mediad.data.imaging import load_volume
 from mediad.data.preprocess import template_brain
 from mediad.data.records import ClinicalRecord, load_manifest, load_records
 from mediad.engine.explain import saliency
-from mediad.engine.predictor import CONFIDENT, PreparedMRI
+from mediad.engine.predictor import CONFIDENT, PreparedMRI, probability_text
 from mediad.errors import MediADError
 from mediad.paths import data_dir
 from ui.common import (
@@ -306,11 +306,6 @@ if st.button("Predict", type="primary", disabled=not (record or mri_in)):
 if not (record or mri_in):
     st.info("Load a demo subject, or give an MRI and/or a record, then press Predict.")
 
-def prob_text(p: float) -> str:
-    """A probability as a person should read it: never 1.00 or 0.00."""
-    return "> 0.99" if p > 0.99 else ("< 0.01" if p < 0.01 else f"{p:.2f}")
-
-
 pred = state.get("prediction")
 if pred is not None:
     st.subheader("Probabilities")
@@ -322,11 +317,11 @@ if pred is not None:
     ax.set_xlabel("probability" + (" (calibrated)" if pred.calibrated else ""))
     c1.pyplot(fig)
     plt.close(fig)
-    c1.dataframe(pd.DataFrame({"probability": [prob_text(p) for p in
+    c1.dataframe(pd.DataFrame({"probability": [probability_text(p) for p in
                                                pred.probabilities.values()]},
                               index=list(pred.probabilities)), width="stretch")
     top = max(pred.probabilities.values())
-    c2.metric("Suggestion", pred.predicted, prob_text(top), delta_color="off")
+    c2.metric("Suggestion", pred.predicted, probability_text(top), delta_color="off")
     if pred.flags:
         c2.error(pred.uncertainty)
     elif top < CONFIDENT:

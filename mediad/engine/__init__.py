@@ -41,6 +41,7 @@ _HOMES = {
     "overlapping_subjects": "checkpoint",
     "predict_loader": "trainer",
     "prepare_images": "samples",
+    "probability_text": "predictor",
     "restrict_inputs": "calibration",
     "saliency": "explain",
     "selection_score": "trainer",

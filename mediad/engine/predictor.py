@@ -28,7 +28,8 @@ from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import MultimodalNet, TabularBaseline, build_model
 from mediad.summarize import Summarizer
 
-__all__ = ["CONFIDENT", "Prediction", "Predictor", "PreparedMRI", "uncertainty_statement"]
+__all__ = ["CONFIDENT", "Prediction", "Predictor", "PreparedMRI", "probability_text",
+           "uncertainty_statement"]
 
 
 class PreparedMRI(NamedTuple):
@@ -45,19 +46,29 @@ class PreparedMRI(NamedTuple):
 CONFIDENT = 0.6
 
 
+def probability_text(p: float) -> str:
+    """A probability as a person should read it: rounded down (never overstating how sure
+    an answer is), never 1.00 or 0.00."""
+    if p > 0.99:
+        return "> 0.99"
+    if p < 0.01:
+        return "< 0.01"
+    return f"{math.floor(round(p * 100, 6)) / 100:.2f}"  # 0.57 * 100 is 56.99999...
+
+
 def uncertainty_statement(top: float, flags: list[str], calibrated: bool, pattern: str
                           ) -> str:
     """The sentence a person reads next to the answer: any flag first, then whether the top
-    probability is high enough to lean on (never written as 1.00, nor, below the line,
-    rounded up onto it)."""
+    probability is high enough to lean on, written as :func:`probability_text` writes it
+    (rounded to nearest, 0.5997 once read "no class reaches 0.6 (top 0.60)")."""
     if flags:
         return "Do not rely on this answer: " + "; ".join(flags) + "."
-    shown = min(math.floor(top * 100 + 1e-6) / 100, 0.99)  # 0.57 * 100 is 56.99999...
     if top < CONFIDENT:
-        return (f"Uncertain: no class reaches {CONFIDENT} (top {min(shown, CONFIDENT - 0.01):.2f}"
-                "); the inputs do not settle the question.")
-    return (f"{'Calibrated' if calibrated else 'Uncalibrated'} probability {shown:.2f} "
-            f"for {pattern} inputs"
+        shown = min(math.floor(round(top * 100, 6)) / 100, CONFIDENT - 0.01)
+        return (f"Uncertain: no class reaches {CONFIDENT} (top {shown:.2f}); the inputs do "
+                "not settle the question.")
+    return (f"{'Calibrated' if calibrated else 'Uncalibrated'} probability "
+            f"{probability_text(top)} for {pattern} inputs"
             + ("" if calibrated else " (this checkpoint has no calibration: probabilities "
                "may be over-confident)") + ".")
 

@@ -158,13 +158,16 @@ def test_typical_new_subjects_are_not_flagged(predictor: Predictor,
 
 def test_the_uncertainty_sentence_never_contradicts_itself() -> None:
     """A top of 0.5997 read "no class reaches 0.6 (top 0.60)"; 0.999 must not read 1.00."""
-    from mediad.engine.predictor import CONFIDENT, uncertainty_statement
+    from mediad.engine.predictor import CONFIDENT, probability_text, uncertainty_statement
 
     low = uncertainty_statement(0.599718, [], True, "mri")
     assert low.startswith(f"Uncertain: no class reaches {CONFIDENT} (top 0.59)"), low
     assert "(top 0.57)" in uncertainty_statement(0.57, [], True, "mri")
     sure = uncertainty_statement(0.9996, [], True, "mri+record")
-    assert "probability 0.99 for mri+record inputs" in sure and "1.00" not in sure
+    assert "probability > 0.99 for mri+record inputs" in sure and "1.00" not in sure
+    # the page's numbers are written the same way as the sentence
+    assert [probability_text(p) for p in (0.5997, 0.57, 0.6, 0.995, 0.004)] == [
+        "0.59", "0.57", "0.60", "> 0.99", "< 0.01"]
     assert "no calibration" in uncertainty_statement(0.8, [], False, "record")
     flagged = uncertainty_statement(0.95, ["far from the training data"], True, "mri")
     assert flagged == "Do not rely on this answer: far from the training data."
