@@ -60,13 +60,13 @@ def uncertainty_statement(top: float, flags: list[str], calibrated: bool, patter
                           ) -> str:
     """The sentence a person reads next to the answer: any flag first, then whether the top
     probability is high enough to lean on, written as :func:`probability_text` writes it
-    (rounded to nearest, 0.5997 once read "no class reaches 0.6 (top 0.60)")."""
+    (rounded to nearest, a top of 0.5997 once read "no class reaches 0.6 (top 0.60)")."""
     if flags:
         return "Do not rely on this answer: " + "; ".join(flags) + "."
     if top < CONFIDENT:
-        shown = min(math.floor(round(top * 100, 6)) / 100, CONFIDENT - 0.01)
-        return (f"Uncertain: no class reaches {CONFIDENT} (top {shown:.2f}); the inputs do "
-                "not settle the question.")
+        return (f"Uncertain: no class reaches {CONFIDENT} (top "
+                f"{probability_text(min(top, CONFIDENT - 0.005))}); the inputs do not settle "
+                "the question.")
     return (f"{'Calibrated' if calibrated else 'Uncalibrated'} probability "
             f"{probability_text(top)} for {pattern} inputs"
             + ("" if calibrated else " (this checkpoint has no calibration: probabilities "
