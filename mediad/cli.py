@@ -482,10 +482,9 @@ def app_cmd(
     if data_dir is not None:
         os.environ["MEDIAD_DATA_DIR"] = str(data_dir.resolve())
     if demo_assets:
-        _start_workers_for_demo()
-    from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
+        _start_workers_for_demo()  # before the heavy import below, to overlap with it
+        from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
 
-    if demo_assets:
         with _progress("demo cohort") as update:
             ensure_demo_cohort(progress=update)
         out.print("Demo model: preprocessing the MRIs and training it, the first time only…")
