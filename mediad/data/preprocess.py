@@ -60,7 +60,8 @@ BRAIN_VOLUME_ML = (800.0, 2600.0)
 #: measured), so only a value near zero says the registration failed.
 MIN_SIMILARITY = 0.25
 MIN_OVERLAP = 0.85
-#: Fewer MRIs than this are preprocessed in-process (starting a worker costs about 10 s).
+#: Fewer MRIs than this are preprocessed in-process (the first pool of a process waits
+#: about 10 s for the fork server's imports, see mediad.workers).
 MIN_POOL_TASKS = 24
 
 
@@ -503,7 +504,7 @@ def preprocess_paths(paths: list[str], config: PreprocessConfig | None = None,
         if done is not None:
             record(p, done.model_dump_json())
     tasks = [(p, c.model_dump_json(), str(cache)) for p in todo if p not in results]
-    # a worker takes about 10 s to start (torch, deepbet): worth it for a few dozen MRIs
+    # the first pool waits ~10 s for the fork server's imports: worth it for a few dozen
     if workers > 1 and len(tasks) >= MIN_POOL_TASKS:
         from mediad.workers import process_pool
 
