@@ -4,6 +4,7 @@
 from mediad._lazy import lazy_exports
 
 _HOMES = {
+    "CHANCE_MARGIN": "trainer",
     "CHECKPOINT_FORMAT": "checkpoint",
     "CONFIDENT": "predictor",
     "Calibration": "calibration",
@@ -46,6 +47,7 @@ _HOMES = {
     "saliency": "explain",
     "selection_score": "trainer",
     "save_checkpoint": "checkpoint",
+    "should_stop": "trainer",
     "train": "trainer",
     "uncertainty_statement": "predictor",
 }

@@ -233,3 +233,21 @@ def test_a_run_from_before_the_warm_up_is_not_resumed(tiny_cohort: Path,
     torch.save(ck, tmp_path / "run" / "last.pt")
     with pytest.raises(MediADError, match="older MediAD"):
         train(config, tmp_path / "run", resume=True, show_progress=False)
+
+
+def test_no_early_stop_while_validation_is_at_chance() -> None:
+    """Patience counts only once the model has left chance: MediAD's image path can sit at
+    chance for 10-15 epochs, and two of three unconfounded ablation runs stopped there."""
+    from mediad.engine.config import OptimConfig
+    from mediad.engine.trainer import CHANCE_MARGIN, should_stop
+
+    oc = OptimConfig(patience=3, min_epochs=5)
+    chance = 1 / 3
+    assert should_stop(0.8, 3, 5, oc, 3, validated=True)
+    assert not should_stop(0.8, 2, 5, oc, 3, validated=True)  # patience left
+    assert not should_stop(0.8, 9, 4, oc, 3, validated=True)  # before min_epochs
+    assert not should_stop(chance + CHANCE_MARGIN, 9, 9, oc, 3, validated=True)  # at chance
+    assert should_stop(chance + CHANCE_MARGIN + 0.01, 9, 9, oc, 3, validated=True)
+    assert not should_stop(0.55, 9, 9, oc, 2, validated=True)  # chance is 0.5 for two classes
+    # without a validation split the score is minus the training loss: patience alone
+    assert should_stop(-0.7, 3, 5, oc, 3, validated=False)
