@@ -96,9 +96,10 @@ def score(predictor: Predictor, rows: list[ManifestRow], mri: bool, record: bool
 
 
 def _scaled(log_p: np.ndarray, t: float) -> np.ndarray:
-    z = log_p / t
-    z = np.exp(z - z.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
+    """Probabilities at temperature ``t``, as ``Calibration.calibrate`` computes them."""
+    from scipy.special import softmax
+
+    return softmax(log_p / t, axis=1)
 
 
 def calibration_rows(pattern: str, y: np.ndarray, raw: np.ndarray, fitted: float,
