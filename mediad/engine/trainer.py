@@ -324,6 +324,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
     elif model.front_door is not None:
         _refresh(model, *_features(net, loader, device, d, sampler, 0), oc.seed)
     stop = state["epoch"] + (max_epochs or oc.epochs)
+    told_at_chance = False
     for epoch in range(state["epoch"] + 1, min(oc.epochs, stop) + 1):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -394,6 +395,11 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         if should_stop(state["best"][0], state["stale"], epoch, oc, len(config.model.classes),
                        validated="val" in eval_loaders):
             break
+        if (state["stale"] >= oc.patience and epoch >= oc.min_epochs and show_progress
+                and d.main and not told_at_chance):
+            told_at_chance = True
+            tqdm.write(f"validation is still at chance after {epoch} epochs: no early stop "
+                       f"(up to {oc.epochs} epochs)")
     # the training set as evaluation reads it (the cached one, unless it is augmented)
     train_eval = DataLoader(make_dataset(samples["train"], imaging, False, cache_dir=cache)
                             if config.data.augment else train_set,
