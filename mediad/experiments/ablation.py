@@ -511,7 +511,10 @@ def write_summary(out: Path, cfg: AblationConfig) -> None:
                       [t.replace("_", "\n") for t in TEST_SETS], fontsize=8)
         ax.set(ylim=(0, 1), ylabel="balanced accuracy (mean ± sd over seeds)",
                title=f"trained at confounding {conf:g}")
-    axes[0][-1].legend(fontsize=7)
+    # below the panels: inside one, the legend covered the bars of the shifted sets
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(4, len(variants)), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
     with atomic_path(out / "ablation.png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
