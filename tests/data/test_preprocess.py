@@ -132,7 +132,7 @@ def test_manifest_run_writes_qc_and_a_new_manifest(whole_head: Path, tmp_path: P
 def test_worker_processes_give_the_in_process_results(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers (forked from the fork server where there is one, one thread each) preprocess
-    exactly as the caller does, run after run, and a file they cannot use comes back as
+    as the caller does (to the last bits), run after run, and a file they cannot use comes back as
     its reason, not a crash. Before the metric's sampling was seeded, the same file gave
     similarities from 0.896 to 0.930."""
     from nilearn import datasets
@@ -155,5 +155,10 @@ def test_worker_processes_give_the_in_process_results(tmp_path: Path,
         for p in paths[:2]:
             got, want = run[p], runs[0][p]
             assert not isinstance(got, str) and not isinstance(want, str) and not got.cached
-            assert got.qc.similarity == want.qc.similarity and got.qc.ok, (got.qc, want.qc)
-            assert (nib.load(got.image).get_fdata() == nib.load(want.image).get_fdata()).all()
+            # equal up to the last bits: multi-threaded SimpleITK in the calling process still
+            # differs there now and then (max 1.2e-4 on intensities up to ~1000); the unseeded
+            # sampling this guards against moved the similarity by up to 0.034
+            assert abs(got.qc.similarity - want.qc.similarity) <= 2e-4 and got.qc.ok, (
+                got.qc, want.qc)
+            a, b = nib.load(got.image).get_fdata(), nib.load(want.image).get_fdata()
+            assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
