@@ -26,6 +26,7 @@ __all__ = [
     "ece_noise_floor",
     "expected_calibration_error",
     "paired_bootstrap",
+    "percentile_ci",
     "site_balanced_accuracy",
     "subject_resamples",
 ]
@@ -187,7 +188,8 @@ def subject_resamples(groups: Sequence[Any] | np.ndarray, n_boot: int, seed: int
     return out
 
 
-def _percentile_ci(values: Sequence[float]) -> tuple[float, float]:
+def percentile_ci(values: Sequence[float]) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of the finite values (NaN when there are none)."""
     arr = np.array([v for v in values if np.isfinite(v)])
     if not len(arr):
         return float("nan"), float("nan")
@@ -209,7 +211,7 @@ def bootstrap_statistic(statistic: Callable[[np.ndarray], float], n_rows: int,
     """
     groups = list(range(n_rows)) if groups is None else groups
     point = statistic(np.arange(n_rows))
-    lo, hi = _percentile_ci([statistic(i) for i in subject_resamples(groups, n_boot, seed)])
+    lo, hi = percentile_ci([statistic(i) for i in subject_resamples(groups, n_boot, seed)])
     return {"value": float(point), "ci_low": lo, "ci_high": hi}
 
 
@@ -243,6 +245,6 @@ def bootstrap_metrics(y: np.ndarray, proba: np.ndarray, classes: Sequence[str],
                     draws[k].append(v)
     out = {}
     for k, v in point.items():
-        lo, hi = _percentile_ci(draws[k])
+        lo, hi = percentile_ci(draws[k])
         out[k] = {"value": v, "ci_low": lo, "ci_high": hi}
     return out

@@ -16,6 +16,7 @@ from mediad.experiments.ablation import (
     paired_difference,
     recovered_share,
     run_ablation,
+    share_interval,
 )
 
 TOY = AblationConfig(variants=["concat", "mediad"], confounding=[0.8], seeds=[0], n_train=36,
@@ -118,6 +119,41 @@ def test_paired_difference_reads_the_bootstrap(ref: float, cand: float, sign: in
         assert diff["value"] == 0 and diff["ci_low"] <= 0 <= diff["ci_high"]
 
 
+def test_paired_difference_equals_the_per_draw_balanced_accuracy() -> None:
+    """The vectorised draws give what balanced_accuracy gives draw by draw, including
+    resamples that miss a class."""
+    from mediad.metrics import balanced_accuracy, paired_bootstrap
+
+    y = np.array([0] * 20 + [1] * 6 + [2] * 2)  # rare classes: some draws lack one
+    cands = [_scores(y, 0.7, s) for s in (1, 2)]
+    refs = [_scores(y, 0.5, s) for s in (3, 4)]
+
+    def mean_ba(scores: list[dict[str, np.ndarray]]) -> object:
+        return lambda i: float(np.mean([balanced_accuracy(x["y"][i], x["pred"][i])
+                                        for x in scores]))
+
+    want = paired_bootstrap(mean_ba(cands), mean_ba(refs), len(y), n_boot=200, seed=3)
+    got = paired_difference(cands, refs, n_boot=200, seed=3)
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_share_interval_brackets_the_share() -> None:
+    y = np.arange(150) % 3
+    concat, ceiling = [_scores(y, 0.5, 1)], [_scores(y, 0.9, 2)]
+    half = share_interval([_scores(y, 0.7, 3)], concat, ceiling, n_boot=300)
+    assert half["defined"] == 1.0
+    assert half["ci_low"] < half["value"] < half["ci_high"]
+    assert 0.2 < half["value"] < 0.8 and half["ci_low"] > 0 and half["ci_high"] < 1
+    # the candidate is the ceiling: everything recovered, on every resample
+    full = share_interval(ceiling, concat, ceiling, n_boot=100)
+    assert full["value"] == full["ci_low"] == full["ci_high"] == 1.0
+    # no shortcut cost to recover: not measurable, and no interval
+    flat = share_interval([_scores(y, 0.7, 3)], concat, concat, n_boot=100)
+    assert np.isnan(flat["value"]) and np.isnan(flat["ci_low"]) and flat["defined"] == 0.0
+    with pytest.raises(ValueError, match="same subjects"):
+        share_interval([_scores(y, 0.7, 3)], concat, [_scores(y[::-1].copy(), 0.9, 2)], 10)
+
+
 def test_paired_bootstrap_is_narrower_than_unpaired() -> None:
     """Pairing is the point: two models scored on the same hard subjects differ by little,
     even when each one's own interval is wide."""
@@ -143,3 +179,36 @@ def test_subject_resamples_keep_visits_together() -> None:
         drawn = [groups[i] for i in idx]
         for g in set(drawn):
             assert drawn.count(g) % groups.count(g) == 0  # whole subjects only
+
+
+def _write_cells(out: Path, accuracy: dict[tuple[str, float], float]) -> None:
+    """Score files for each (variant, confounding) at the given accuracy on every test set."""
+    y = np.arange(150) % 3
+    for (variant, conf), correct in accuracy.items():
+        for seed in (0, 1):
+            run = out / "runs" / f"{variant}-c{conf:g}-s{seed}"
+            run.mkdir(parents=True, exist_ok=True)
+            for k, test_set in enumerate(TEST_SETS):
+                np.savez(run / f"scores-{test_set}.npz", **_scores(y, correct, 10 * seed + k))
+
+
+@pytest.mark.parametrize(("mediad_at_08", "met"), [(0.88, True), (0.6, False), (0.3, False)])
+def test_target_reads_both_ceilings(tmp_path: Path, mediad_at_08: float, met: bool) -> None:
+    """Concat leans on the shortcut (0.45 shifted), both ceilings reach 0.9: MediAD at 0.88
+    recovers about 95 % against either and meets the target; at 0.6, about a third; at
+    0.3 it is below concat."""
+    from mediad.experiments.ablation import _target, verdicts
+
+    cfg = AblationConfig(variants=["concat", "mediad"], confounding=[0.0, 0.8], seeds=[0, 1],
+                         n_bootstrap=100)
+    _write_cells(tmp_path, {("concat", 0.8): 0.45, ("concat", 0.0): 0.9,
+                            ("mediad", 0.8): mediad_at_08, ("mediad", 0.0): 0.9})
+    target = _target(tmp_path, cfg)
+    assert f"**{'met' if met else 'not met'}**" in target
+    assert target.count("against its own ceiling (95 % CI") == 4
+    assert target.count("against concat's ceiling (95 % CI") == 4
+    [line] = verdicts(tmp_path, cfg)
+    assert line.startswith("**mediad** at confounding 0.8 (2 seed(s))")
+    assert line.count("recovers") == 8
+    assert line.count("above concat") == (4 if mediad_at_08 > 0.5 else 0)
+    assert ("Below concat on site reversed" in target) == (mediad_at_08 < 0.4)
