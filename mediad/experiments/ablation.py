@@ -472,58 +472,53 @@ def _ba_draws(scores: list[dict[str, np.ndarray]], draws: np.ndarray) -> np.ndar
 def _share_text(share: dict[str, float], whose: str) -> str:
     if share["value"] != share["value"]:
         return f"not measurable against {whose} ceiling (it is not above concat)"
+    return f"recovers {_share_cell(share)} against {whose} ceiling"
+
+
+def _share_cell(share: dict[str, float] | None) -> str:
+    """``72 % (95 % CI 43 to 98 %)``; for a table cell and the target's sentences."""
+    if share is None:
+        return "–"
+    if share["value"] != share["value"]:
+        return "not measurable (ceiling not above concat)"
     ci = (f"95 % CI {100 * share['ci_low']:.0f} to {100 * share['ci_high']:.0f} %"
           if share["ci_low"] == share["ci_low"] else
-          f"CI unbounded: in {100 * (1 - share['defined']):.0f} % of resamples that ceiling "
+          f"CI unbounded: in {100 * (1 - share['defined']):.0f} % of resamples the ceiling "
           "is not above concat")
-    return f"recovers {100 * share['value']:.0f} % against {whose} ceiling ({ci})"
-
-
-def _shares(out: Path, cfg: AblationConfig, variant: str, test_set: str,
-            reference: str) -> list[str]:
-    """The recovered share against the variant's own ceiling and, when it is another model,
-    against the reference's (the same recipe without site handling, trained unconfounded)."""
-    conf, low = max(cfg.confounding), min(cfg.confounding)
-    if low == conf:
-        return []
-    cand = _scores_of(out, variant, conf, cfg.seeds, test_set)
-    ref = _scores_of(out, reference, conf, cfg.seeds, test_set)
-    texts: list[str] = []
-    for owner, whose in ((variant, "its own"), (reference, f"{reference}'s")):
-        ceiling = _scores_of(out, owner, low, cfg.seeds, test_set)
-        if ceiling:
-            texts.append(_share_text(share_interval(cand, ref, ceiling, cfg.n_bootstrap),
-                                     whose))
-    return texts
+    return f"{100 * share['value']:.0f} % ({ci})"
 
 
 def verdicts(out: Path, cfg: AblationConfig, reference: str = "concat") -> list[str]:
-    """Plain statements per variant at the highest confounding: shifted balanced accuracy
-    against ``reference`` (paired bootstrap over subjects, seeds averaged) and the share of
-    the shortcut's cost recovered, per shift axis, against the variant's own ceiling and
-    the reference's (both with subject-bootstrap CIs)."""
-    conf = max(cfg.confounding)
-    lines = []
+    """A Markdown table, per variant at the highest confounding and per shift axis: shifted
+    balanced accuracy against ``reference`` (paired bootstrap over subjects, seeds
+    averaged), and the share of the shortcut's cost recovered against the variant's own
+    ceiling and the reference's (subject-bootstrap CIs). Empty without cells to compare."""
+    conf, low = max(cfg.confounding), min(cfg.confounding)
+    rows = []
     for variant in [v for v in cfg.variants if v != reference]:
-        parts = []
+        n = len(_scores_of(out, variant, conf, cfg.seeds, "site_reversed"))
         for test_set in SHIFTED:
             cand = _scores_of(out, variant, conf, cfg.seeds, test_set)
             ref = _scores_of(out, reference, conf, cfg.seeds, test_set)
             if not cand or not ref:
                 continue
             diff = paired_difference(cand, ref, cfg.n_bootstrap)
-            word = ("above" if diff["ci_low"] > 0 else "BELOW" if diff["ci_high"] < 0
-                    else "not different from")
-            shares = _shares(out, cfg, variant, test_set, reference)
-            parts.append(f"{test_set.replace('_', ' ')}: {word} {reference} "
-                         f"({100 * diff['value']:+.1f} points, 95 % CI "
-                         f"{100 * diff['ci_low']:+.1f} to {100 * diff['ci_high']:+.1f}"
-                         + "".join(f"; {t}" for t in shares) + ")")
-        if parts:
-            n = len(_scores_of(out, variant, conf, cfg.seeds, "site_reversed"))
-            lines.append(f"**{variant}** at confounding {conf:g} ({n} seed(s)): "
-                         + "; ".join(parts) + ".")
-    return lines
+            word = ("above" if diff["ci_low"] > 0 else "**below**" if diff["ci_high"] < 0
+                    else "not different")
+            shares = []
+            for owner in (variant, reference):
+                ceiling = _scores_of(out, owner, low, cfg.seeds, test_set) if low < conf else []
+                shares.append(share_interval(cand, ref, ceiling, cfg.n_bootstrap)
+                              if ceiling else None)
+            rows.append(f"| {variant} | {n} | {test_set.replace('_', ' ')} | {word}: "
+                        f"{100 * diff['value']:+.1f} ({100 * diff['ci_low']:+.1f} to "
+                        f"{100 * diff['ci_high']:+.1f}) | {_share_cell(shares[0])} | "
+                        f"{_share_cell(shares[1])} |")
+    if not rows:
+        return []
+    return [f"| variant at confounding {conf:g} | seeds | test set | against {reference}, "
+            "points (95 % CI) | recovered share, own ceiling | recovered share, "
+            f"{reference}'s ceiling |", "|---|---|---|---|---|---|", *rows]
 
 
 def _target(out: Path, cfg: AblationConfig) -> str:
@@ -549,8 +544,8 @@ def _target(out: Path, cfg: AblationConfig) -> str:
     met = reached["site_reversed"] and reached["unseen_scanner"] and not below
     return (f"Target (mediad recovers ≥ 80 % on the site axis and the unseen scanner, "
             f"against every ceiling that is measurable, and is below concat on no axis): "
-            f"**{'met' if met else 'not met'}**. "
-            + (f"Below concat on {', '.join(below)}. " if below else "")
+            f"**{'met' if met else 'not met'}**."
+            + (f" Below concat on {', '.join(below)}." if below else "")
             + "\n\n" + "\n".join(f"- {t}" for t in said))
 
 
@@ -603,13 +598,14 @@ def write_summary(out: Path, cfg: AblationConfig) -> None:
                          + " | ".join(cells) + f" | {g.site_probe.mean():.2f} |")
     found = verdicts(out, cfg) or ["Not enough cells yet for a verdict."]
     target = _target(out, cfg)
+    notes = []
     ind = mean[mean.test_set == "in_distribution"]
     unlearned = [f"{r.variant} at confounding {r.confounding:g} ({r.bacc:.2f})"
                  for r in ind.itertuples() if r.bacc < 1 / 3 + 0.1]
     if unlearned:  # a model at chance on its own test split says nothing about shortcuts
-        found.insert(0, "Did not learn (in-distribution balanced accuracy within 0.1 of "
-                     f"chance), so their shifted scores say nothing about the shortcut: "
-                     f"{'; '.join(unlearned)}.")
+        notes = ["Did not learn (in-distribution balanced accuracy within 0.1 of chance), so "
+                 "their shifted scores say nothing about the shortcut: "
+                 f"{'; '.join(unlearned)}.", ""]
     described = [f"- `{v}`: {DESCRIPTIONS[v]}" for v in variants]
     text = "\n".join([
         "# MediAD confounder ablation", "", f"> **{RESEARCH_NOTICE}**", "",
@@ -628,7 +624,7 @@ def write_summary(out: Path, cfg: AblationConfig) -> None:
         "draw, seeds averaged. The site probe is the "
         "cross-validated balanced accuracy of a linear classifier reading the site from the "
         "features the label is read from (chance 0.33).", "",
-        "## Verdict", *([target, ""] if target else []), *[f"- {v}" for v in found], "",
+        "## Verdict", *([target, ""] if target else []), *notes, *found, "",
         "## Variants", *described, "", "## Results", *lines, "",
         "![ablation](ablation.png)", ""])
     atomic_write_text(out / "ablation.md", text)

@@ -36,7 +36,7 @@ def test_grid_outputs_and_resume(tmp_path: Path) -> None:
         assert int(r["n"]) == (12 if r["test_set"] != "in_distribution" else int(rows[0]["n"]))
         assert 0 <= float(r["site_probe"]) <= 1
     md = (tmp_path / "ablation.md").read_text()
-    assert "## Verdict" in md and "**mediad** at confounding 0.8" in md
+    assert "## Verdict" in md and "| mediad | 1 | site reversed |" in md
     assert "Research use only" in md and "mmse, cdr_sb, adas13, faq" in md
     assert (tmp_path / "ablation.png").stat().st_size > 5000
     # a crash after the first cell: the second is redone, the first is not, no duplicates
@@ -205,10 +205,11 @@ def test_target_reads_both_ceilings(tmp_path: Path, mediad_at_08: float, met: bo
                             ("mediad", 0.8): mediad_at_08, ("mediad", 0.0): 0.9})
     target = _target(tmp_path, cfg)
     assert f"**{'met' if met else 'not met'}**" in target
-    assert target.count("against its own ceiling (95 % CI") == 4
-    assert target.count("against concat's ceiling (95 % CI") == 4
-    [line] = verdicts(tmp_path, cfg)
-    assert line.startswith("**mediad** at confounding 0.8 (2 seed(s))")
-    assert line.count("recovers") == 8
-    assert line.count("above concat") == (4 if mediad_at_08 > 0.5 else 0)
+    assert target.count("against its own ceiling") == 4
+    assert target.count("against concat's ceiling") == 4 and target.count("(95 % CI") == 8
+    header, _, *rows = verdicts(tmp_path, cfg)
+    assert "recovered share, own ceiling" in header and len(rows) == 4
+    assert all(r.startswith("| mediad | 2 | ") and r.count("(95 % CI") == 2 for r in rows)
+    assert sum("| above: +" in r for r in rows) == (4 if mediad_at_08 > 0.5 else 0)
+    assert sum("| **below**: -" in r for r in rows) == (4 if mediad_at_08 < 0.4 else 0)
     assert ("Below concat on site reversed" in target) == (mediad_at_08 < 0.4)
