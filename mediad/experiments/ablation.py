@@ -48,7 +48,8 @@ from mediad.metrics import (
 )
 
 __all__ = ["QUICK", "TEST_SETS", "VARIANTS", "AblationConfig", "paired_difference",
-           "recovered_share", "run_ablation", "share_interval", "site_probe", "verdicts"]
+           "probe_balanced_accuracy", "recovered_share", "run_ablation", "share_interval",
+           "site_probe", "verdicts"]
 
 #: Training without any site handling: the shortcut is there for the taking.
 PLAIN: dict[str, dict[str, Any]] = {
@@ -268,6 +269,24 @@ def _score(run: Path, manifest: Path, subjects: set[str] | None, name: str,
     return y, pred
 
 
+def probe_balanced_accuracy(features: np.ndarray, sites: np.ndarray, seed: int = 0) -> float:
+    """How well a linear probe (standardised logistic regression) reads the site from the
+    features: cross-validated balanced accuracy (up to 5 stratified folds; NaN when a site
+    has fewer than 2 subjects)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = int(min(5, np.unique(sites, return_counts=True)[1].min()))
+    if folds < 2:
+        return float("nan")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    pred = cross_val_predict(probe, features, sites,
+                             cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return balanced_accuracy(sites, pred)
+
+
 def site_probe(run: Path, manifest: Path, seed: int = 0) -> float:
     """Cross-validated balanced accuracy of a linear probe that reads the site from the
     model's read-out features (the mediator for MediAD) on its whole training cohort;
@@ -275,11 +294,6 @@ def site_probe(run: Path, manifest: Path, seed: int = 0) -> float:
     cached = run / "site-probe.json"
     if cached.is_file():
         return float(json.loads(cached.read_text(encoding="utf-8"))["balanced_accuracy"])
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from mediad.engine.predictor import Predictor
 
     predictor = Predictor(run / "best.pt")
@@ -288,13 +302,7 @@ def site_probe(run: Path, manifest: Path, seed: int = 0) -> float:
                                                for r in rows[i:i + 16]])
                             for i in range(0, len(rows), 16)])
     sites = np.array([r.site for r in rows])
-    folds = int(min(5, np.unique(sites, return_counts=True)[1].min()))
-    score = float("nan")
-    if folds >= 2:
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-        pred = cross_val_predict(probe, feats, sites,
-                                 cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-        score = balanced_accuracy(sites, pred)
+    score = probe_balanced_accuracy(feats, sites, seed)
     atomic_write_text(cached, json.dumps({"balanced_accuracy": score, "n": len(rows),
                                           "chance": 1 / len(set(sites))}))
     return score

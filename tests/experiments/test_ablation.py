@@ -14,6 +14,7 @@ from mediad.experiments.ablation import (
     TEST_SETS,
     AblationConfig,
     paired_difference,
+    probe_balanced_accuracy,
     recovered_share,
     run_ablation,
     share_interval,
@@ -213,3 +214,17 @@ def test_target_reads_both_ceilings(tmp_path: Path, mediad_at_08: float, met: bo
     assert sum("| above: +" in r for r in rows) == (4 if mediad_at_08 > 0.5 else 0)
     assert sum("| **below**: -" in r for r in rows) == (4 if mediad_at_08 < 0.4 else 0)
     assert ("Below concat on site reversed" in target) == (mediad_at_08 < 0.4)
+
+
+def test_site_probe_reads_site_information_and_only_that() -> None:
+    """The probe is the instrument behind the site column: features that carry the site
+    (in one of 16 dimensions) are read far above chance; features drawn
+    independently of the site stay near chance (1/3)."""
+    rng = np.random.default_rng(0)
+    sites = np.repeat(np.array(["A", "B", "C"]), 40)
+    noise = rng.normal(size=(len(sites), 16))
+    carrying = noise.copy()
+    carrying[:, 0] += 3.0 * (np.unique(sites, return_inverse=True)[1] - 1)
+    assert probe_balanced_accuracy(carrying, sites) > 0.7
+    assert probe_balanced_accuracy(noise, sites) < 1 / 3 + 0.15
+    assert np.isnan(probe_balanced_accuracy(noise[:41], sites[:41]))  # one subject of B
