@@ -20,8 +20,10 @@ _HOMES = {
     "ensure_demo_model": "demo",
     "evaluate": "evaluation",
     "paired_difference": "ablation",
+    "probe_balanced_accuracy": "ablation",
     "recovered_share": "ablation",
     "run_ablation": "ablation",
+    "share_interval": "ablation",
     "site_probe": "ablation",
     "verdicts": "ablation",
 }
