@@ -425,8 +425,7 @@ def paired_difference(candidate: list[dict[str, np.ndarray]],
     """Seed-averaged balanced accuracy, candidate minus reference, on the same subjects,
     with a paired bootstrap CI by subject (every draw scores all seeds of both models on
     the same resampled subjects)."""
-    n = len(candidate[0]["y"])
-    draws = np.stack([np.arange(n), *subject_resamples(list(range(n)), n_boot, seed)])
+    draws = _draws(len(candidate[0]["y"]), n_boot, seed)
     diff = _ba_draws(candidate, draws) - _ba_draws(reference, draws)
     lo, hi = percentile_ci(diff[1:])
     return {"value": float(diff[0]), "ci_low": lo, "ci_high": hi}
@@ -448,14 +447,18 @@ def share_interval(candidate: list[dict[str, np.ndarray]],
     if any(len(s["y"]) != len(y) or (s["y"] != y).any() for s in (*reference, *ceiling)):
         raise ValueError("the recovered share needs the three models scored on the same "
                          "subjects")
-    draws = np.stack([np.arange(len(y)),
-                      *subject_resamples(list(range(len(y))), n_boot, seed)])
+    draws = _draws(len(y), n_boot, seed)
     a, b, c = (_ba_draws(s, draws) for s in (candidate, reference, ceiling))
     shares = np.array([recovered_share(*v) for v in zip(a, b, c, strict=True)])
     rest = shares[1:]
     defined = float(np.isfinite(rest).mean()) if len(rest) else float("nan")
     lo, hi = percentile_ci(rest) if defined >= 0.975 else (float("nan"), float("nan"))
     return {"value": float(shares[0]), "ci_low": lo, "ci_high": hi, "defined": defined}
+
+
+def _draws(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Row 0: every subject once (the point estimate); then ``n_boot`` subject resamples."""
+    return np.stack([np.arange(n), *subject_resamples(list(range(n)), n_boot, seed)])
 
 
 def _ba_draws(scores: list[dict[str, np.ndarray]], draws: np.ndarray) -> np.ndarray:
