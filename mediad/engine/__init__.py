@@ -41,6 +41,7 @@ _HOMES = {
     "new_salt": "checkpoint",
     "overlapping_subjects": "checkpoint",
     "predict_loader": "trainer",
+    "predict_patterns": "trainer",
     "prepare_images": "samples",
     "probability_text": "predictor",
     "restrict_inputs": "calibration",

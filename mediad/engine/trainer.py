@@ -65,7 +65,8 @@ from mediad.metrics import (
 from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import ARCHITECTURE, MultimodalNet, TabularBaseline, build_model
 
-__all__ = ["CHANCE_MARGIN", "TrainResult", "lr_schedule", "predict_loader", "selection_score",
+__all__ = ["CHANCE_MARGIN", "TrainResult", "lr_schedule", "predict_loader",
+           "predict_patterns", "selection_score",
            "should_stop", "train"]
 
 #: A run whose best validation score is still within this of chance (1 / classes) does not
@@ -91,22 +92,33 @@ def predict_loader(model: MultimodalNet, loader: DataLoader, device: torch.devic
     (the auxiliary mediator head), ``features`` (what the label is read from) and sample
     ``index``; ``pattern`` hides the inputs outside it (calibration per input pattern);
     ``averaged``: the shift-averaged answer users get (:meth:`MultimodalNet.predict`)."""
+    return predict_patterns(model, loader, device, [pattern], averaged)[pattern]
+
+
+@torch.no_grad()
+def predict_patterns(model: MultimodalNet, loader: DataLoader, device: torch.device,
+                     patterns: Sequence[InputPattern | None], averaged: bool = False
+                     ) -> dict[InputPattern | None, dict[str, np.ndarray]]:
+    """:func:`predict_loader` for several input patterns in one pass, each image encoded
+    once for all of them (:meth:`MultimodalNet.predict_views`)."""
     model.eval()
     keys = ("y", "log_probs", "log_probs_mediator", "features", "index")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    parts: dict[InputPattern | None, dict[str, list[np.ndarray]]] = {
+        p: {k: [] for k in keys} for p in patterns}
     for batch in loader:
         b = batch_to(batch, device)
-        if pattern is not None:
-            b = restrict_inputs(b, pattern)
+        views = [b if p is None else restrict_inputs(b, p) for p in patterns]
         with _autocast(device):
-            out = model.predict(b) if averaged else model(b)
-        parts["y"].append(batch["label"].numpy())
-        parts["log_probs"].append(out.log_probs.float().cpu().numpy())
-        parts["log_probs_mediator"].append(out.log_probs_mediator.float().cpu().numpy())
-        if out.readout is not None:
-            parts["features"].append(out.readout.float().cpu().numpy())
-        parts["index"].append(batch["index"].numpy())
-    return {k: np.concatenate(v) for k, v in parts.items() if v}
+            outs = model.predict_views(views, average=averaged)
+        for p, out in zip(patterns, outs, strict=True):
+            parts[p]["y"].append(batch["label"].numpy())
+            parts[p]["log_probs"].append(out.log_probs.float().cpu().numpy())
+            parts[p]["log_probs_mediator"].append(out.log_probs_mediator.float().cpu().numpy())
+            if out.readout is not None:
+                parts[p]["features"].append(out.readout.float().cpu().numpy())
+            parts[p]["index"].append(batch["index"].numpy())
+    return {p: {k: np.concatenate(v) for k, v in part.items() if v}
+            for p, part in parts.items()}
 
 
 def _autocast(device: torch.device) -> Any:
@@ -449,13 +461,16 @@ def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
     memo: dict[tuple[str, InputPattern | None], dict[str, np.ndarray]] = {}
 
     def averaged(name: str, pattern: InputPattern | None = None) -> dict[str, np.ndarray]:
-        """Shift-averaged predictions, each computed once (27 forward passes a subject):
-        a pattern that hides nothing the model reads is the plain prediction."""
+        """Shift-averaged predictions (27 forward passes a subject), every pattern of a
+        split in one pass: a pattern that hides nothing the model reads is the plain
+        prediction."""
         if pattern == "mri+record" or (pattern,) == _patterns(model):
             pattern = None
         if (name, pattern) not in memo:
-            memo[name, pattern] = predict_loader(model, loaders[name], device, pattern,
-                                                 averaged=True)
+            patterns = _restricted_patterns(model)
+            for p, pred in predict_patterns(model, loaders[name], device, patterns,
+                                            averaged=True).items():
+                memo[name, p] = pred
         return memo[name, pattern]
 
     for name in loaders:
@@ -483,13 +498,22 @@ def _patterns(model: MultimodalNet) -> tuple[InputPattern, ...]:
     return ("mri",) if model.use_image else ("record",)
 
 
+def _restricted_patterns(model: MultimodalNet) -> list[InputPattern | None]:
+    """The model's patterns as :func:`restrict_inputs` takes them (``None``: all inputs)."""
+    patterns = _patterns(model)
+    return [None, *patterns[1:]] if len(patterns) > 1 else [None]
+
+
 def _calibrate(model: MultimodalNet, averaged: Callable[..., dict[str, np.ndarray]],
                train_eval: DataLoader, device: torch.device) -> Calibration:
     """Temperatures on validation, and the training feature distribution, per pattern."""
     per_pattern = {}
-    for pattern in _patterns(model):
+    trains = predict_patterns(model, train_eval, device,  # features: unshifted
+                              _restricted_patterns(model))
+    for pattern, restricted in zip(_patterns(model), _restricted_patterns(model),
+                                   strict=True):
         val = averaged("val", pattern)
-        train = predict_loader(model, train_eval, device, pattern)  # features: unshifted
+        train = trains[restricted]
         per_pattern[pattern] = {"y": val["y"], "log_probs": val["log_probs"],
                                 "train_features": train.get("features"),
                                 "val_features": val.get("features")}

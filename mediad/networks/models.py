@@ -20,6 +20,7 @@ and :class:`AdversarialNet`), :class:`CrossAttentionNet` and :class:`MediADNet`.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -283,7 +284,9 @@ class MultimodalNet(nn.Module):
         if self.image is None:
             device = batch["tab_mask"].device
             return torch.zeros(b, 1, d, device=device), torch.zeros(b, 1, device=device)
-        v = self.image(batch["image"]) + self.image_pos + self.modality[0]
+        encoded = batch.get("image_encoded")  # shared across views by predict_views
+        v = (self.image(batch["image"]) if encoded is None else encoded) + self.image_pos \
+            + self.modality[0]
         return v, batch["has_image"].float().unsqueeze(1).expand(-1, v.shape[1])
 
     def record_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
@@ -314,19 +317,50 @@ class MultimodalNet(nn.Module):
         """The answer users get: in evaluation mode, the class probabilities averaged over
         the image shifted by up to ``config.shift_average`` voxels per axis (marginalising
         the registration's residual jitter); the read-out is the unshifted one's."""
-        radius = self.config.shift_average
-        if (self.training or self.image is None or radius <= 0
-                or not bool(batch["has_image"].any())):
-            return self(batch)
+        return self.predict_views([batch])[0]
+
+    def predict_views(self, views: Sequence[dict[str, torch.Tensor]], average: bool = True
+                      ) -> list[ModelOutput]:
+        """:meth:`predict` for views of one batch that differ only in what they hide (the
+        input patterns of calibration), with the image encoder run once per shift for all.
+
+        Args:
+            views: batches holding the very same ``image`` tensor.
+            average: ``False`` for the plain, unshifted forward pass.
+
+        Returns:
+            One output per view, as :meth:`predict` (or ``forward``) gives it.
+
+        Raises:
+            ValueError: when the views do not share their image.
+        """
+        if any(v["image"] is not views[0]["image"] for v in views):
+            raise ValueError("predict_views needs views of one batch (the same image tensor)")
+        imaged = [i for i, v in enumerate(views) if bool(v["has_image"].any())]
+        outs: list[ModelOutput | None] = [None if i in imaged else self(v)
+                                          for i, v in enumerate(views)]
+        if self.image is None or not imaged:
+            return [self(v) if o is None else o for v, o in zip(views, outs, strict=True)]
+        radius = self.config.shift_average if average and not self.training else 0
         offsets = [o for o in itertools.product(range(-radius, radius + 1), repeat=3)
                    if any(o)]
-        first = self(batch)
-        total = first.log_probs.float().exp()
-        for o in offsets:
-            shifted = {**batch, "image": torch.roll(batch["image"], o, dims=(2, 3, 4))}
-            total = total + self(shifted).log_probs.float().exp()
-        mean = (total / (len(offsets) + 1)).clamp_min(1e-12)
-        return replace(first, log_probs=mean.log().to(first.log_probs.dtype))
+        image = views[0]["image"]
+        totals: dict[int, torch.Tensor] = {}
+        for o in [(0, 0, 0), *offsets]:
+            shifted = torch.roll(image, o, dims=(2, 3, 4)) if any(o) else image
+            encoded = self.image(shifted)
+            for i in imaged:
+                out = self({**views[i], "image": shifted, "image_encoded": encoded})
+                if outs[i] is None:
+                    outs[i] = out
+                totals[i] = totals.get(i, 0) + out.log_probs.float().exp()
+        if offsets:
+            for i in imaged:
+                first = outs[i]
+                assert first is not None
+                mean = (totals[i] / (len(offsets) + 1)).clamp_min(1e-12)
+                outs[i] = replace(first, log_probs=mean.log().to(first.log_probs.dtype))
+        return [o for o in outs if o is not None]
 
     def losses(self, out: ModelOutput, y: torch.Tensor,
                weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -325,3 +325,29 @@ def test_predict_averages_over_shifted_images(kind: str) -> None:
         plain = build_model(ModelConfig(kind=kind, shift_average=0, **SMALL), SHAPE).eval()
         plain.load_state_dict(model.state_dict())
         torch.testing.assert_close(plain.predict(b).log_probs, model(b).log_probs)
+
+
+def test_predict_views_share_the_encoder_and_match_predict() -> None:
+    """The input patterns of one batch, predicted together, give exactly what each gives
+    alone, with the image encoder run once per shift instead of once per pattern."""
+    model = build_model(ModelConfig(kind="mediad", **SMALL), SHAPE).eval()
+    b = batch()
+    mri_only = {**b, "has_text": torch.zeros(4), "tab_mask": torch.zeros_like(b["tab_mask"])}
+    record_only = {**b, "has_image": torch.zeros(4)}
+    calls = []
+    hook = model.image.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        together = model.predict_views([b, mri_only, record_only])
+        n_together = len(calls)
+        alone = [model.predict(v) for v in (b, mri_only, record_only)]
+        plain = model.predict_views([b, mri_only], average=False)
+    hook.remove()
+    assert n_together == 27 + 1  # 27 shifts for both imaged views; 1 for record-only
+    assert len(calls) - n_together == 27 + 27 + 1 + 1  # alone, then the unshifted pair
+    for t, a in zip(together, alone, strict=True):
+        torch.testing.assert_close(t.log_probs, a.log_probs, rtol=0, atol=0)
+        torch.testing.assert_close(t.readout, a.readout, rtol=0, atol=0)
+    torch.testing.assert_close(plain[1].log_probs, model(mri_only).log_probs, rtol=0, atol=0)
+    assert not torch.equal(together[0].log_probs, together[1].log_probs)
+    with pytest.raises(ValueError, match="same image"):
+        model.predict_views([b, {**b, "image": b["image"].clone()}])
