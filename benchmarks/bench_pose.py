@@ -5,8 +5,9 @@ preprocessing the model was trained with and, as a control, without registration
 Prints the mean and maximum change in any class probability against the unmoved brain,
 for the MRI alone and for the MRI with its record; and, as a floor, the change between two
 scans of the unmoved brain (new noise, lesion draw and scanner jitter): registration meets
-every scan afresh, so its residual jitter shows there too. Needs the demo model
-(``mediad demo``).
+every scan afresh, so its residual jitter shows there too. The MRI-only answer is also
+scored uncalibrated: its temperature (below 1) multiplies the logits, and every change in
+them with them. Needs the demo model (``mediad demo``).
 
 Run: ``python benchmarks/bench_pose.py [--subjects 6] [--poses 4]``.
 """
@@ -63,9 +64,14 @@ def main() -> None:
                                   site_storage=True)
                     paths.append(path)
                 for name, predictor in predictors.items():
-                    for inputs, rec in (("MRI only", None), ("MRI + record", record)):
+                    for inputs, rec in (("MRI only", None), ("MRI + record", record),
+                                        ("MRI, uncal.", None)):
+                        fitted = predictor.calibration
+                        if inputs == "MRI, uncal.":  # what the network answers before the
+                            predictor.calibration = None  # temperature sharpens it
                         probs = [np.array(list(predictor.predict(p, rec).probabilities
                                                .values())) for p in paths]
+                        predictor.calibration = fitted
                         changes.setdefault((change, name, inputs), []).extend(
                             float(np.abs(p - probs[0]).max()) for p in probs[1:])
     print(f"{len(truth)} subjects x {args.poses} poses (or rescans); |Δp| = largest change of "
