@@ -63,6 +63,12 @@ st.markdown("""
   through the front door). It cannot remove confounding it never saw.
 - Summaries never contain the diagnosis or identifiers; free-text notes are quoted as data.
 """)
+if cfg.model.inputs[0] and not cfg.data.augment:
+    st.warning("Trained without scanner augmentation (as the demo model is): from an MRI "
+               "alone, this model can read the scanner rather than the anatomy. The demo "
+               "model's MRI-only answers are at chance on a cohort whose site-diagnosis "
+               "link is reversed, and change between two scans of one brain by up to 0.5 "
+               "(README, \"Pose\"); with the record, by at most 0.03.")
 if cfg.model.kind == "tabular":
     st.warning("This tabular baseline's checkpoint holds its training matrix (numeric record "
                "fields, no ids, rows shuffled): scikit-learn models cannot be restored "

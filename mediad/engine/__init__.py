@@ -7,6 +7,7 @@ _HOMES = {
     "CHANCE_MARGIN": "trainer",
     "CHECKPOINT_FORMAT": "checkpoint",
     "CONFIDENT": "predictor",
+    "TEXTURE_CAVEAT": "predictor",
     "Calibration": "calibration",
     "DataConfig": "config",
     "DistInfo": "ddp",

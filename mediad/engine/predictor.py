@@ -28,8 +28,8 @@ from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import MultimodalNet, TabularBaseline, build_model
 from mediad.summarize import Summarizer
 
-__all__ = ["CONFIDENT", "Prediction", "Predictor", "PreparedMRI", "probability_text",
-           "uncertainty_statement"]
+__all__ = ["CONFIDENT", "TEXTURE_CAVEAT", "Prediction", "Predictor", "PreparedMRI",
+           "probability_text", "uncertainty_statement"]
 
 
 class PreparedMRI(NamedTuple):
@@ -44,6 +44,14 @@ class PreparedMRI(NamedTuple):
 
 #: Below this calibrated top probability an answer is called uncertain.
 CONFIDENT = 0.6
+
+#: Said of every MRI-only answer of a model trained without scanner augmentation. The demo
+#: model is one: its MRI-only answers fall to chance (0.327) when the site's link to the
+#: diagnosis is reversed, and whatever makes its encoder shift-stable (rolled or blurred
+#: inputs) stops its MRI path from learning at all (README, "Pose").
+TEXTURE_CAVEAT = ("this model was trained without scanner augmentation: from an MRI alone "
+                  "it can read the scanner (texture, noise, contrast) rather than the "
+                  "anatomy, and its answer can change between two scans of one brain")
 
 
 def probability_text(p: float) -> str:
@@ -78,7 +86,8 @@ class Prediction(BaseModel):
 
     ``probabilities`` are calibrated for the input pattern (``calibrated``); ``flags`` give
     every reason not to rely on the answer (image quality, contrast, distance from the
-    training data), and ``uncertainty`` says in words how far it can be trusted.
+    training data), ``caveats`` what to keep in mind even so (what the model can read from
+    the inputs it was given), and ``uncertainty`` says in words how far it can be trusted.
     """
 
     classes: list[str]
@@ -87,6 +96,7 @@ class Prediction(BaseModel):
     calibrated: bool = False
     input_pattern: str = ""
     flags: list[str] = []
+    caveats: list[str] = []
     out_of_distribution: bool = False
     ood_distance: float | None = None
     uncertainty: str = ""
@@ -293,12 +303,14 @@ class Predictor:
                          f"{OOD_PERCENTILE:g}th percentile, for {pattern} inputs)")
         uncertainty = uncertainty_statement(float(probs.max()), flags,
                                             self.calibration is not None, pattern)
+        caveats = [TEXTURE_CAVEAT] if pattern == "mri" and not self.config.data.augment else []
         return Prediction(
             classes=self.classes,
             probabilities={c: round(float(p), 6) for c, p in zip(self.classes, probs,
                                                                  strict=True)},
             predicted=self.classes[int(probs.argmax())],
             calibrated=self.calibration is not None, input_pattern=pattern, flags=flags,
+            caveats=caveats,
             out_of_distribution=bool(far or (contrast is not None and contrast.flag)),
             ood_distance=None if ood is None else round(ood[0], 3), uncertainty=uncertainty,
             inputs_used={

@@ -17,7 +17,7 @@ import torch
 from mediad.data.records import load_manifest
 from mediad.engine.checkpoint import load_checkpoint
 from mediad.engine.config import TrainConfig
-from mediad.engine.predictor import Predictor
+from mediad.engine.predictor import TEXTURE_CAVEAT, Predictor
 from mediad.engine.trainer import train
 from mediad.errors import ImageError, InputError, MediADError
 from tests.conftest import tiny_train_config
@@ -88,6 +88,12 @@ def test_missing_modalities_still_predict(run: Path, tiny_cohort: Path) -> None:
     assert predictor.predict(None, other).probabilities != record_only.probabilities
     for p in (both, mri_only, record_only):
         assert "Research use only" in p.notice
+    # an MRI-only answer of a model trained without scanner augmentation says what it may
+    # rest on; answers with the record, and an augmented model's, do not carry it
+    assert mri_only.caveats == [TEXTURE_CAVEAT]
+    assert both.caveats == [] and record_only.caveats == []
+    predictor.config.data.augment = True
+    assert predictor.predict(row.mri_path, None).caveats == []
     assert row.subject_id not in (record_only.summary or "")
 
 

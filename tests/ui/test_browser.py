@@ -150,6 +150,7 @@ def test_upload_sequences_predict_and_screenshot(server: str, app_data: Path,
         wait_idle(page)
         body = page.inner_text("body")
         assert "rests on the MRI alone" in body and "Do not rely on this answer" in body
+        assert "can read the scanner" in body  # the unaugmented model's MRI-only caveat
         assert "p = 1.00" not in body and "1.000" not in body
         page.screenshot(path=str(shots / "patient-ood.png"), full_page=True)
         browser.close()

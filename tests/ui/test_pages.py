@@ -291,6 +291,8 @@ def test_model_card(app_env: Path) -> None:
     assert inputs.loc["MRI", "used"] == "yes"
     assert "mmse" in inputs.loc["label-defining scores", "used"]
     assert any("label-blind" in b.label for b in at.button)
+    # trained without scanner augmentation: the card says what its MRI path may read
+    assert any("without scanner augmentation" in w.value for w in at.warning)
 
 
 def test_raw_mri_shows_its_preprocessing_and_the_mni_switch_skips_it(app_env: Path) -> None:
