@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -9,7 +10,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "complete_lines"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "complete_lines",
+           "file_sha256"]
 
 
 @lru_cache(maxsize=1)
@@ -78,3 +80,12 @@ def complete_lines(path: str | Path) -> str:
         with open(p, "r+b") as fh:
             fh.truncate(len(keep))
     return keep.decode("utf-8")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (checkpoints and volumes can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -28,8 +28,8 @@ from mediad import RESEARCH_NOTICE
 from mediad.data.records import DIAGNOSES, LABEL_DEFINING_FIELDS, ManifestRow, load_manifest
 from mediad.engine.checkpoint import overlapping_subjects
 from mediad.engine.predictor import Predictor
-from mediad.errors import ImageError, LeakageError
-from mediad.io import atomic_path, atomic_write_text, complete_lines
+from mediad.errors import ImageError, LeakageError, MediADError
+from mediad.io import atomic_path, atomic_write_text, complete_lines, file_sha256
 from mediad.metrics import (
     balanced_accuracy,
     bootstrap_metrics,
@@ -170,6 +170,7 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
         warnings.append(f"{len(seen)} subject(s) of this cohort were in the training data "
                         "(--force): their predictions are optimistic.")
     out.mkdir(parents=True, exist_ok=True)
+    _check_stamp(out, _stamp(predictor, Path(manifest), mni_inputs))
     final = out / "predictions.csv"
     if not final.exists():  # raw T1s to MNI152 in worker processes first (cached)
         predictor.prepare([r.mri_path for r in rows if r.mri_path], workers, progress)
@@ -195,6 +196,50 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
     frame = pd.read_csv(final, dtype={"subject_id": str, "visit": str}, keep_default_na=False)
     return _report(predictor, frame, manifest_name or table.path, out, warnings, n_bootstrap,
                    seed)
+
+
+#: Beside the predictions: what they were made from. A finished run is reused and a partial
+#: one resumed only when all of it matches, so that a second checkpoint or an edited
+#: manifest evaluated into the same folder never reports the first one's predictions.
+STAMP = "predictions.stamp.json"
+_STAMP_FIELDS = {"checkpoint_sha256": "another checkpoint",
+                 "manifest_sha256": "another manifest (or this one, edited since)",
+                 "mni_inputs": "the other preprocessing setting (--mni-inputs)",
+                 "columns": "another MediAD version (other columns)"}
+
+
+def _stamp(predictor: Predictor, manifest: Path, mni_inputs: bool) -> dict[str, Any]:
+    return {"checkpoint_sha256": file_sha256(predictor.path),
+            "manifest_sha256": file_sha256(manifest), "mni_inputs": mni_inputs,
+            "columns": _columns(predictor.classes)}
+
+
+def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
+    """Record what a new run is made from, or refuse predictions made from something else
+    (nothing is deleted: the user chooses).
+
+    Raises:
+        MediADError: ``out`` holds predictions of another checkpoint, manifest, setting or
+            version, or predictions without a stamp (named, with what to do).
+    """
+    held = sorted(p.name for p in (out / "predictions.csv", *out.glob("predictions*.partial"))
+                  if p.is_file())
+    path = out / STAMP
+    if not held:
+        atomic_write_text(path, json.dumps(stamp, indent=2))
+        return
+    fix = (f"choose another --out, or delete {', '.join(held)} in {out} to predict again")
+    if not path.is_file():
+        raise MediADError(f"{out} holds predictions without a record of the checkpoint and "
+                          f"manifest that made them (an earlier MediAD wrote them): {fix}")
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    differs = [what for key, what in _STAMP_FIELDS.items() if old.get(key) != stamp[key]]
+    if differs:
+        raise MediADError(f"{out} holds predictions made from {'; '.join(differs)} than this "
+                          f"run: {fix}")
 
 
 def _merge(out: Path, rows: Sequence[ManifestRow], world: int, final: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from mediad.data.records import load_manifest
 from mediad.engine.predictor import Predictor
-from mediad.errors import LeakageError
+from mediad.errors import LeakageError, MediADError
 from mediad.experiments.evaluation import evaluate, predict_stream
 from mediad.metrics import (
     bootstrap_metrics,
@@ -107,6 +107,39 @@ def test_full_evaluation_outputs(tiny_run: Path, held_out_cohort: Path, tmp_path
     assert (frame.calibrated == 1).all() and set(frame.flagged) <= {0, 1}
     assert f"Flagged (quality or out of distribution): {int(frame.flagged.sum())}" in report
     assert "calibrated per input pattern" in report
+
+
+def test_a_folder_is_reused_only_for_the_same_checkpoint_and_manifest(
+        tiny_run: Path, held_out_cohort: Path, tmp_path: Path) -> None:
+    """checkpoint A -> folder; A again: reused; checkpoint B, or an edited manifest, into
+    the same folder: refused by name, A's predictions untouched; a folder without a stamp
+    (an earlier version): refused; a new folder: B runs."""
+    from mediad.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "out"
+    manifest = tmp_path / "m.csv"
+    frame = pd.read_csv(held_out_cohort / "manifest.csv", dtype=str, keep_default_na=False)
+    frame["mri_path"] = [str(held_out_cohort / p) for p in frame.mri_path]
+    frame.to_csv(manifest, index=False)
+    evaluate(tiny_run / "best.pt", manifest, out, n_bootstrap=10)
+    first = (out / "predictions.csv").read_bytes()
+    evaluate(tiny_run / "best.pt", manifest, out, n_bootstrap=10)  # the same: reused
+    assert (out / "predictions.csv").read_bytes() == first
+    other = load_checkpoint(tiny_run / "best.pt")
+    other["model_state"] = {k: v * 1.01 if v.is_floating_point() else v
+                            for k, v in other["model_state"].items()}
+    save_checkpoint(tmp_path / "other.pt", other)
+    with pytest.raises(MediADError, match=r"another checkpoint.*predictions\.csv"):
+        evaluate(tmp_path / "other.pt", manifest, out, n_bootstrap=10)
+    frame.iloc[:8].to_csv(manifest, index=False)
+    with pytest.raises(MediADError, match="another manifest"):
+        evaluate(tiny_run / "best.pt", manifest, out, n_bootstrap=10)
+    assert (out / "predictions.csv").read_bytes() == first
+    (out / "predictions.stamp.json").unlink()
+    with pytest.raises(MediADError, match="without a record"):
+        evaluate(tiny_run / "best.pt", manifest, out, n_bootstrap=10)
+    evaluate(tmp_path / "other.pt", manifest, tmp_path / "new", n_bootstrap=10)
+    assert len(pd.read_csv(tmp_path / "new" / "predictions.csv")) == 8
 
 
 def test_flagged_rows_are_counted_with_their_reasons(tiny_run: Path, held_out_cohort: Path,
