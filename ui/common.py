@@ -67,6 +67,12 @@ def load_predictor(path: str) -> Predictor:
     return Predictor(path)
 
 
+def model_label(checkpoint: str | Path) -> str:
+    """How the sidebar names a model: its folder under the models folder."""
+    p, root = Path(checkpoint), models_dir()
+    return str(p.parent.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
 def current_predictor() -> Predictor | None:
     """The model chosen in the sidebar (loaded once per process)."""
     options = checkpoints()
@@ -74,9 +80,7 @@ def current_predictor() -> Predictor | None:
         st.error(f"No trained model found under {models_dir()}. Run `make demo` (or "
                  "`mediad train`) first.")
         return None
-    root = models_dir()
-    labels = [str(p.parent.relative_to(root)) if p.is_relative_to(root) else str(p)
-              for p in options]
+    labels = [model_label(p) for p in options]
     choice = st.sidebar.selectbox("Model", range(len(options)), format_func=labels.__getitem__,
                                   key="model_choice")
     try:

@@ -204,6 +204,31 @@ def test_cohort_page_evaluates(app_env: Path) -> None:
     assert {d.label for d in at.get("download_button")} >= {"predictions.csv", "report.html"}
 
 
+def test_cohort_results_say_which_model_made_them(app_env: Path) -> None:
+    """evaluate with one model -> choose another in the sidebar -> the results shown are
+    said to be the first model's, not passed off as the chosen one's."""
+    import shutil
+
+    second = app_env / "second-model"
+    second.mkdir()
+    shutil.copy(app_env / "demo-model" / "best.pt", second / "best.pt")
+    try:
+        at = page("cohort")
+        models = at.sidebar.selectbox[0]
+        first, other = models.options[0], models.options[1]
+        box = next(s for s in at.selectbox if s.label.startswith("Manifest"))
+        box.set_value(app_env / "demo-shifted" / "manifest.csv").run()
+        button(at, "Run evaluation").click().run()
+        assert f"Results of {first}" in texts(at)
+        assert not any("not from" in w.value for w in at.warning)
+        at.sidebar.selectbox[0].set_value(1).run()
+        assert any(f"come from {first}, not from {other}" in w.value for w in at.warning)
+        at.sidebar.selectbox[0].set_value(0).run()
+        assert not any("not from" in w.value for w in at.warning)
+    finally:
+        shutil.rmtree(second)
+
+
 def test_cohort_page_refuses_bad_upload(app_env: Path) -> None:
     at = page("cohort")
     at.file_uploader[0].set_value(("cohort.csv", b"foo,bar\n1,2\n", "text/csv")).run()
