@@ -51,6 +51,14 @@ def forget(*keys: str) -> None:
         state.pop(key, None)
 
 
+# The MRI as another model prepared it (its grid and preprocessing can differ), and that
+# model's answer, are not this one's: choosing another model in the sidebar prepares the
+# MRI again and drops the answer.
+if state.get("prepared_by") != (model_key := predictor and str(predictor.path)):
+    forget("prepared", "preview")
+    state["prepared_by"] = model_key
+
+
 def mid_planes(volume: np.ndarray) -> list[np.ndarray]:
     """Sagittal, coronal and axial slices through the middle of a RAS volume."""
     i, j, k = (s // 2 for s in volume.shape)

@@ -229,6 +229,32 @@ def test_cohort_results_say_which_model_made_them(app_env: Path) -> None:
         shutil.rmtree(second)
 
 
+def test_another_model_prepares_the_mri_again_and_drops_the_answer(app_env: Path) -> None:
+    """MRI + predict with one model -> choose another in the sidebar -> the answer is gone
+    (it was the first model's) and the MRI is prepared for the new one -> predict again."""
+    import shutil
+
+    second = app_env / "second-model"
+    second.mkdir()
+    shutil.copy(app_env / "demo-model" / "best.pt", second / "best.pt")
+    try:
+        at = page("patient")
+        uploader(at, "T1 MRI").set_value(("scan.nii.gz", mri_bytes(app_env),
+                                          "application/gzip")).run()
+        button(at, "Predict").click().run()
+        assert "Probabilities" in texts(at)
+        prepared = at.session_state["prepared"]
+        at.sidebar.selectbox[0].set_value(1).run()
+        assert not at.exception, at.exception
+        shown = texts(at)
+        assert "Probabilities" not in shown and "MRI loaded: scan.nii.gz." in shown
+        assert at.session_state["prepared"] is not prepared  # prepared again, for this one
+        button(at, "Predict").click().run()
+        assert "Probabilities" in texts(at)
+    finally:
+        shutil.rmtree(second)
+
+
 def test_cohort_page_refuses_bad_upload(app_env: Path) -> None:
     at = page("cohort")
     at.file_uploader[0].set_value(("cohort.csv", b"foo,bar\n1,2\n", "text/csv")).run()
