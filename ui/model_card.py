@@ -11,6 +11,8 @@ from mediad.errors import MediADError
 from mediad.experiments.demo import LABEL_BLIND_FOLDER, ensure_demo_model
 from ui.common import banner, current_predictor, models_dir, show_error
 
+PATTERN_NAMES = {"mri+record": "MRI and record", "mri": "MRI only", "record": "record only"}
+
 st.title("Model card")
 banner()
 predictor = current_predictor()
@@ -46,9 +48,26 @@ else:
     st.write(f"Manifest: `{cfg.data.manifest}` (no dataset card found beside it).")
 st.subheader("Metrics (held-out split of the training cohort)")
 metrics = ck.get("metrics", {})
-rows = {k: v for k, v in metrics.items() if isinstance(v, dict)}
-if rows:
-    st.dataframe(pd.DataFrame(rows).T, width="stretch")
+splits = {k: metrics[k] for k in ("val", "test") if isinstance(metrics.get(k), dict)}
+if splits:
+    st.dataframe(pd.DataFrame(splits).T, width="stretch")
+if predictor.calibration is not None:
+    cal, tested = predictor.calibration, metrics.get("test_calibrated", {})
+    st.subheader("Calibration per input pattern")
+    table = {PATTERN_NAMES.get(p, p): {
+        "temperature": t, "validation ECE before": cal.ece_before.get(p),
+        "validation ECE after": cal.ece_after.get(p),
+        **({"test n": tested[p]["n"], "test balanced accuracy": tested[p]["balanced_accuracy"],
+            "test ECE before": tested[p]["ece_before"], "test ECE after": tested[p]["ece_after"]}
+           if p in tested else {})} for p, t in cal.temperature.items()}
+    st.dataframe(pd.DataFrame(table).T, width="stretch")
+    st.caption(f"Each temperature was fitted on the {cal.n_validation} validation subjects; "
+               "ECE on a few dozen subjects is noisy (see the Cohort page's floor).")
+    for p in cal.at_bound():
+        st.warning(f"The {PATTERN_NAMES.get(p, p)} temperature sits at a bound of its search "
+                   f"({cal.temperature[p]:g}): the validation split could not pin it down "
+                   "(no errors to learn from, or no signal), so these probabilities deserve "
+                   "less trust than the others.")
 st.subheader("Intended use and limits")
 st.markdown("""
 - **Research use only.** Not a medical device; not for diagnosis or any clinical decision.

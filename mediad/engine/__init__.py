@@ -15,6 +15,8 @@ _HOMES = {
     "InputPattern": "calibration",
     "OCCLUSION_MASK": "explain",
     "OptimConfig": "config",
+    "MAX_TEMPERATURE": "calibration",
+    "MIN_TEMPERATURE": "calibration",
     "PATTERNS": "calibration",
     "Prediction": "predictor",
     "Predictor": "predictor",

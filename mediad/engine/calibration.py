@@ -20,6 +20,8 @@ import torch
 from pydantic import BaseModel, Field
 
 __all__ = [
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
     "PATTERNS",
     "Calibration",
     "FeatureDistribution",
@@ -70,11 +72,14 @@ def restrict_inputs(batch: dict[str, torch.Tensor], pattern: InputPattern
 #: T = 0.26, and at 0.5 their ECE was 0.130; with this bound the validation fit (0.23)
 #: reads 0.054 (floor 0.047).
 MIN_TEMPERATURE = 0.1
+#: No softening beyond this: at 20 every answer is about uniform (the input carries nothing).
+MAX_TEMPERATURE = 20.0
 
 
 def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
     """The temperature T minimising the NLL of ``softmax(log_probs / T)`` (bounded search
-    over log T in [MIN_TEMPERATURE, 20]; 1.0 when there are too few labelled samples)."""
+    over log T in [MIN_TEMPERATURE, MAX_TEMPERATURE]; 1.0 when there are too few labelled
+    samples)."""
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax
 
@@ -87,7 +92,7 @@ def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
         lp = log_softmax(log_probs / np.exp(log_t), axis=1)
         return float(-lp[np.arange(len(y)), y].mean())
 
-    best = minimize_scalar(nll, bounds=(np.log(MIN_TEMPERATURE), np.log(20.0)),
+    best = minimize_scalar(nll, bounds=(np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)),
                            method="bounded")
     return float(np.exp(best.x))
 
@@ -128,6 +133,14 @@ class Calibration(BaseModel):
     ece_after: dict[str, float] = Field(default_factory=dict)
     n_validation: int = 0
     features: dict[str, FeatureDistribution] = Field(default_factory=dict)
+
+    def at_bound(self) -> list[str]:
+        """The patterns whose temperature sits at a bound of the search: the validation
+        split could not pin it down (no errors to learn from, or no signal at all), so
+        their probabilities deserve less trust than the others'."""
+        return [p for p, t in self.temperature.items()
+                if min(abs(np.log(t / MIN_TEMPERATURE)), abs(np.log(t / MAX_TEMPERATURE)))
+                < 0.01]
 
     def calibrate(self, log_probs: np.ndarray, patterns: Sequence[str]) -> np.ndarray:
         """Log-probabilities divided by each row's pattern temperature, renormalised."""

@@ -50,7 +50,14 @@ def test_an_under_confident_model_is_sharpened_and_a_perfect_split_is_bounded() 
     assert 0.2 < t < 0.3
     assert expected_calibration_error(y, softmax(lp / t, axis=1)) < 0.03
     perfect = log_softmax(np.eye(3)[y[:30]] * 2.0, axis=1)  # every answer right
-    assert fit_temperature(perfect, y[:30]) == pytest.approx(MIN_TEMPERATURE, rel=1e-3)
+    t_perfect = fit_temperature(perfect, y[:30])
+    assert t_perfect == pytest.approx(MIN_TEMPERATURE, rel=1e-3)
+    # such a temperature, and one where the input carries nothing, are said to be at a bound
+    rng = np.random.default_rng(4)
+    t_noise = fit_temperature(log_softmax(rng.normal(0, 1, (3000, 3)), axis=1),
+                              rng.integers(0, 3, 3000))
+    cal = Calibration(temperature={"mri+record": t, "mri": t_perfect, "record": t_noise})
+    assert cal.at_bound() == ["mri", "record"]
 
 
 def test_each_input_pattern_gets_its_own_temperature() -> None:

@@ -344,6 +344,33 @@ def test_model_card(app_env: Path) -> None:
     assert any("label-blind" in b.label for b in at.button)
     # trained without scanner augmentation: the card says what its MRI path may read
     assert any("without scanner augmentation" in w.value for w in at.warning)
+    # calibration per input pattern, as a table of its own
+    assert "Calibration per input pattern" in shown
+    table = next(d.value for d in at.dataframe if "temperature" in d.value.columns)
+    assert set(table.index) == {"MRI and record", "MRI only", "record only"}
+
+
+def test_model_card_warns_of_a_temperature_at_its_bound(app_env: Path) -> None:
+    """A checkpoint whose MRI-only temperature sits at the search's bound (the demo's did):
+    the card says the split could not pin it down; the unbounded ones get no warning."""
+    import shutil
+
+    from mediad.engine.calibration import MIN_TEMPERATURE
+    from mediad.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    second = app_env / "second-model"
+    second.mkdir()
+    ck = load_checkpoint(app_env / "demo-model" / "best.pt")
+    ck["calibration"]["temperature"] = {"mri+record": 0.7, "mri": MIN_TEMPERATURE,
+                                        "record": 0.8}
+    save_checkpoint(second / "best.pt", ck)
+    try:
+        at = page("model_card")
+        at.sidebar.selectbox[0].set_value(1).run()
+        bound = [w.value for w in at.warning if "at a bound" in w.value]
+        assert len(bound) == 1 and "MRI only temperature" in bound[0]
+    finally:
+        shutil.rmtree(second)
 
 
 def test_raw_mri_shows_its_preprocessing_and_the_mni_switch_skips_it(app_env: Path) -> None:
