@@ -304,6 +304,10 @@ class Predictor:
         uncertainty = uncertainty_statement(float(probs.max()), flags,
                                             self.calibration is not None, pattern)
         caveats = [TEXTURE_CAVEAT] if pattern == "mri" and not self.config.data.augment else []
+        if self.calibration is not None and pattern in self.calibration.at_bound():
+            caveats.append(f"the temperature for {pattern} inputs sits at a bound of its "
+                           "search: the validation split could not pin it down, so this "
+                           "probability deserves less trust")
         return Prediction(
             classes=self.classes,
             probabilities={c: round(float(p), 6) for c, p in zip(self.classes, probs,

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mediad.data.records import load_manifest
+from mediad.engine.calibration import MIN_TEMPERATURE
 from mediad.engine.checkpoint import load_checkpoint
 from mediad.engine.config import TrainConfig
 from mediad.engine.predictor import TEXTURE_CAVEAT, Predictor
@@ -90,10 +91,18 @@ def test_missing_modalities_still_predict(run: Path, tiny_cohort: Path) -> None:
         assert "Research use only" in p.notice
     # an MRI-only answer of a model trained without scanner augmentation says what it may
     # rest on; answers with the record, and an augmented model's, do not carry it
-    assert mri_only.caveats == [TEXTURE_CAVEAT]
-    assert both.caveats == [] and record_only.caveats == []
+    # (temperatures set off their bounds first: the tiny model's may sit on one)
+    assert predictor.calibration is not None
+    predictor.calibration.temperature = dict.fromkeys(predictor.calibration.temperature, 1.0)
+    assert predictor.predict(row.mri_path, None).caveats == [TEXTURE_CAVEAT]
+    assert predictor.predict(row.mri_path, row).caveats == []
+    assert predictor.predict(None, row).caveats == []
     predictor.config.data.augment = True
     assert predictor.predict(row.mri_path, None).caveats == []
+    # a temperature at its bound is said of the answers it calibrates, and only of those
+    predictor.calibration.temperature["record"] = MIN_TEMPERATURE
+    assert "sits at a bound" in predictor.predict(None, row).caveats[0]
+    assert predictor.predict(row.mri_path, row).caveats == []
     assert row.subject_id not in (record_only.summary or "")
 
 
