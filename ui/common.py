@@ -62,8 +62,11 @@ def checkpoints() -> list[Path]:
     return ([demo] if demo in found else []) + [p for p in found if p != demo]
 
 
-@st.cache_resource(show_spinner="Loading the model…")
-def load_predictor(path: str) -> Predictor:
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def load_predictor(path: str, version: tuple[int, int] = (0, 0)) -> Predictor:
+    """A loaded model, kept across reruns. ``version`` (the file's modification time and
+    size) is part of the key: a model retrained into the same folder is loaded afresh,
+    not served from the old weights."""
     return Predictor(path)
 
 
@@ -84,8 +87,9 @@ def current_predictor() -> Predictor | None:
     choice = st.sidebar.selectbox("Model", range(len(options)), format_func=labels.__getitem__,
                                   key="model_choice")
     try:
-        return load_predictor(str(options[choice]))
-    except MediADError as exc:
+        stat = options[choice].stat()
+        return load_predictor(str(options[choice]), (stat.st_mtime_ns, stat.st_size))
+    except (MediADError, OSError) as exc:  # OSError: the file went since it was listed
         st.error(f"Cannot load this model: {exc}")
         return None
 

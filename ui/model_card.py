@@ -22,7 +22,8 @@ ck, cfg = predictor.ck, predictor.config
 st.subheader("Provenance")
 st.table(pd.Series({**predictor.model_info(), "classes": ", ".join(predictor.classes),
                     "summary fields": ", ".join(ck.get("summary_fields") or []) or "none",
-                    "training subjects": len(ck.get("train_subject_hashes", []))}, name="value"))
+                    "training subjects": len(ck.get("train_subject_hashes", []))},
+                   name="value").astype(str))  # one type per column, as Arrow needs
 st.subheader("Inputs")
 inputs = predictor.inputs()
 st.table(pd.Series(inputs, name="used"))

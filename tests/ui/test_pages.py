@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,30 @@ def texts(at: AppTest) -> str:
     parts = [e.value for kind in ("markdown", "caption", "error", "warning", "info", "success",
                                   "code", "subheader", "title") for e in getattr(at, kind)]
     return "\n".join(str(p) for p in parts)
+
+
+@contextmanager
+def second_model(app_env: Path, temperature: dict[str, float] | None = None
+                 ) -> Iterator[str]:
+    """A second model in the sidebar, ``second-model`` (the demo model's weights, or its
+    checkpoint with other temperatures), removed afterwards; yields its sidebar label."""
+    from mediad.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    folder = app_env / "second-model"
+    folder.mkdir()
+    ck = load_checkpoint(app_env / "demo-model" / "best.pt")
+    if temperature is not None:
+        ck["calibration"]["temperature"] = temperature
+    save_checkpoint(folder / "best.pt", ck)
+    try:
+        yield "second-model"
+    finally:
+        shutil.rmtree(folder)
+
+
+def choose_model(at: AppTest, label: str) -> None:
+    models = at.sidebar.selectbox[0]
+    models.set_value(models.options.index(label)).run()
 
 
 def test_app_entry_runs(app_env: Path) -> None:
@@ -207,52 +234,36 @@ def test_cohort_page_evaluates(app_env: Path) -> None:
 def test_cohort_results_say_which_model_made_them(app_env: Path) -> None:
     """evaluate with one model -> choose another in the sidebar -> the results shown are
     said to be the first model's, not passed off as the chosen one's."""
-    import shutil
-
-    second = app_env / "second-model"
-    second.mkdir()
-    shutil.copy(app_env / "demo-model" / "best.pt", second / "best.pt")
-    try:
+    with second_model(app_env) as other:
         at = page("cohort")
-        models = at.sidebar.selectbox[0]
-        first, other = models.options[0], models.options[1]
         box = next(s for s in at.selectbox if s.label.startswith("Manifest"))
         box.set_value(app_env / "demo-shifted" / "manifest.csv").run()
         button(at, "Run evaluation").click().run()
-        assert f"Results of {first}" in texts(at)
+        assert "Results of demo-model" in texts(at)
         assert not any("not from" in w.value for w in at.warning)
-        at.sidebar.selectbox[0].set_value(1).run()
-        assert any(f"come from {first}, not from {other}" in w.value for w in at.warning)
-        at.sidebar.selectbox[0].set_value(0).run()
+        choose_model(at, other)
+        assert any(f"come from demo-model, not from {other}" in w.value for w in at.warning)
+        choose_model(at, "demo-model")
         assert not any("not from" in w.value for w in at.warning)
-    finally:
-        shutil.rmtree(second)
 
 
 def test_another_model_prepares_the_mri_again_and_drops_the_answer(app_env: Path) -> None:
     """MRI + predict with one model -> choose another in the sidebar -> the answer is gone
     (it was the first model's) and the MRI is prepared for the new one -> predict again."""
-    import shutil
-
-    second = app_env / "second-model"
-    second.mkdir()
-    shutil.copy(app_env / "demo-model" / "best.pt", second / "best.pt")
-    try:
+    with second_model(app_env) as other:
         at = page("patient")
         uploader(at, "T1 MRI").set_value(("scan.nii.gz", mri_bytes(app_env),
                                           "application/gzip")).run()
         button(at, "Predict").click().run()
         assert "Probabilities" in texts(at)
         prepared = at.session_state["prepared"]
-        at.sidebar.selectbox[0].set_value(1).run()
+        choose_model(at, other)
         assert not at.exception, at.exception
         shown = texts(at)
         assert "Probabilities" not in shown and "MRI loaded: scan.nii.gz." in shown
         assert at.session_state["prepared"] is not prepared  # prepared again, for this one
         button(at, "Predict").click().run()
         assert "Probabilities" in texts(at)
-    finally:
-        shutil.rmtree(second)
 
 
 def test_cohort_page_refuses_bad_upload(app_env: Path) -> None:
@@ -352,25 +363,24 @@ def test_model_card(app_env: Path) -> None:
 
 def test_model_card_warns_of_a_temperature_at_its_bound(app_env: Path) -> None:
     """A checkpoint whose MRI-only temperature sits at the search's bound (the demo's did):
-    the card says the split could not pin it down; the unbounded ones get no warning."""
-    import shutil
-
+    the card says the split could not pin it down; the unbounded ones get no warning. The
+    model is rewritten in place between the two (retrained into its folder), and the
+    page must read the new file, not the cached old one."""
     from mediad.engine.calibration import MIN_TEMPERATURE
     from mediad.engine.checkpoint import load_checkpoint, save_checkpoint
 
-    second = app_env / "second-model"
-    second.mkdir()
-    ck = load_checkpoint(app_env / "demo-model" / "best.pt")
-    ck["calibration"]["temperature"] = {"mri+record": 0.7, "mri": MIN_TEMPERATURE,
-                                        "record": 0.8}
-    save_checkpoint(second / "best.pt", ck)
-    try:
+    with second_model(app_env, {"mri+record": 0.7, "mri": 0.5, "record": 0.8}) as other:
         at = page("model_card")
-        at.sidebar.selectbox[0].set_value(1).run()
+        choose_model(at, other)
+        assert not any("at a bound" in w.value for w in at.warning)
+        # retrained into the same folder while the app runs: the page reads the new file
+        path = app_env / other / "best.pt"
+        ck = load_checkpoint(path)
+        ck["calibration"]["temperature"]["mri"] = MIN_TEMPERATURE
+        save_checkpoint(path, ck)
+        at.run()
         bound = [w.value for w in at.warning if "at a bound" in w.value]
         assert len(bound) == 1 and "MRI only temperature" in bound[0]
-    finally:
-        shutil.rmtree(second)
 
 
 def test_raw_mri_shows_its_preprocessing_and_the_mni_switch_skips_it(app_env: Path) -> None:
