@@ -340,8 +340,9 @@ if pred is not None:
     used = pred.inputs_used
     if used["mri"] != used["record"]:
         st.warning(f"This answer rests on the {'MRI' if used['mri'] else 'record'} alone: "
-                   f"the {'record' if used['mri'] else 'MRI'} was not given."
-                   + "".join(f" Keep in mind: {c}." for c in pred.caveats))
+                   f"the {'record' if used['mri'] else 'MRI'} was not given.")
+    for caveat in pred.caveats:
+        st.warning(f"Caveat: {caveat}.")
     st.write("**Inputs used:** " + ", ".join(k for k in ("mri", "record") if used[k]).replace(
         "mri", "MRI") + (f"; label-defining fields: {', '.join(used['label_defining_fields_used'])}"
                          if used["label_defining_fields_used"] else ""))

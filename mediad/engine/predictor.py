@@ -6,7 +6,7 @@ provenance, and exactly which inputs were used.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -64,13 +64,17 @@ def probability_text(p: float) -> str:
     return f"{math.floor(round(p * 100, 6)) / 100:.2f}"  # 0.57 * 100 is 56.99999...
 
 
-def uncertainty_statement(top: float, flags: list[str], calibrated: bool, pattern: str
-                          ) -> str:
+def uncertainty_statement(top: float, flags: list[str], calibrated: bool, pattern: str,
+                          caveats: Sequence[str] = ()) -> str:
     """The sentence a person reads next to the answer: any flag first, then whether the top
     probability is high enough to lean on, written as :func:`probability_text` writes it
-    (rounded to nearest, a top of 0.5997 once read "no class reaches 0.6 (top 0.60)")."""
+    (rounded to nearest, a top of 0.5997 once read "no class reaches 0.6 (top 0.60)"); an
+    answer with caveats says so, so that the sentence alone never reads as unqualified."""
     if flags:
         return "Do not rely on this answer: " + "; ".join(flags) + "."
+    if caveats:
+        return (uncertainty_statement(top, flags, calibrated, pattern)[:-1]
+                + f"; mind its {len(caveats)} caveat{'s' if len(caveats) > 1 else ''}.")
     if top < CONFIDENT:
         return (f"Uncertain: no class reaches {CONFIDENT} (top "
                 f"{probability_text(min(top, CONFIDENT - 0.005))}); the inputs do not settle "
@@ -301,13 +305,13 @@ class Predictor:
             flags.append(f"far from the training data (Mahalanobis distance {ood[0]:.1f} > "
                          f"{ood[1]:.1f}, {OOD_MARGIN:g} x the validation "
                          f"{OOD_PERCENTILE:g}th percentile, for {pattern} inputs)")
-        uncertainty = uncertainty_statement(float(probs.max()), flags,
-                                            self.calibration is not None, pattern)
         caveats = [TEXTURE_CAVEAT] if pattern == "mri" and not self.config.data.augment else []
         if self.calibration is not None and pattern in self.calibration.at_bound():
             caveats.append(f"the temperature for {pattern} inputs sits at a bound of its "
                            "search: the validation split could not pin it down, so this "
                            "probability deserves less trust")
+        uncertainty = uncertainty_statement(float(probs.max()), flags,
+                                            self.calibration is not None, pattern, caveats)
         return Prediction(
             classes=self.classes,
             probabilities={c: round(float(p), 6) for c, p in zip(self.classes, probs,

@@ -178,3 +178,9 @@ def test_the_uncertainty_sentence_never_contradicts_itself() -> None:
     assert "no calibration" in uncertainty_statement(0.8, [], False, "record")
     flagged = uncertainty_statement(0.95, ["far from the training data"], True, "mri")
     assert flagged == "Do not rely on this answer: far from the training data."
+    # caveats are pointed to, whether the answer is sure or not; a flag still comes first
+    assert uncertainty_statement(0.9, [], True, "mri", ["a", "b"]) == (
+        "Calibrated probability 0.90 for mri inputs; mind its 2 caveats.")
+    assert uncertainty_statement(0.5, [], True, "mri", ["a"]).endswith(
+        "do not settle the question; mind its 1 caveat.")
+    assert uncertainty_statement(0.9, ["x"], True, "mri", ["a"]).startswith("Do not rely")
