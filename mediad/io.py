@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "complete_lines",
-           "file_sha256"]
+           "file_sha256", "hash_file"]
 
 
 @lru_cache(maxsize=1)
@@ -82,10 +83,15 @@ def complete_lines(path: str | Path) -> str:
     return keep.decode("utf-8")
 
 
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, read in chunks (checkpoints and volumes can be large)."""
-    h = hashlib.sha256()
+def hash_file(h: Any, path: str | Path) -> Any:
+    """Feed a file's bytes to the hash ``h`` in chunks (checkpoints and volumes can be
+    large); returns ``h``, so more can be added to the same key."""
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
-    return h.hexdigest()
+    return h
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    return str(hash_file(hashlib.sha256(), path).hexdigest())

@@ -26,6 +26,7 @@ from ui.common import (
     banner,
     current_predictor,
     model_label,
+    model_version,
     on_disk,
     read_upload,
     show_error,
@@ -92,7 +93,7 @@ if predictor is not None and st.button("Run evaluation", type="primary",
                      manifest_name=source.name if isinstance(source, Upload) else None)
         previous = state.get("cohort_out")
         state["cohort_out"] = str(out)
-        state["cohort_model"] = str(predictor.path)
+        state["cohort_model"] = model_version(predictor.path)
         if previous and Path(previous) != out:
             shutil.rmtree(previous, ignore_errors=True)  # one result per session is kept
     except LeakageError as exc:
@@ -106,13 +107,14 @@ if predictor is not None and st.button("Run evaluation", type="primary",
 out_dir = state.get("cohort_out")
 if out_dir and Path(out_dir).is_dir():
     out = Path(out_dir)
-    made_by = state.get("cohort_model", "")
-    st.subheader(f"Results of {model_label(made_by)}")
-    if predictor is not None and Path(made_by) != Path(predictor.path):
-        # the sidebar's model changed since: these numbers are not the chosen model's
-        st.warning(f"These results come from {model_label(made_by)}, not from "
-                   f"{model_label(predictor.path)}, the model now chosen in the sidebar. "
-                   "Run the evaluation again to see its results.")
+    made_by = state.get("cohort_model", ("", 0, 0))
+    st.subheader(f"Results of {model_label(made_by[0])}")
+    if predictor is not None and made_by != model_version(predictor.path):
+        # another model is chosen, or this one was retrained: not the chosen one's numbers
+        st.warning(f"These results come from {model_label(made_by[0])}, not from "
+                   f"{model_label(predictor.path)} as it is now chosen in the sidebar (another "
+                   "model, or the same one retrained). Run the evaluation again to see its "
+                   "results.")
     metrics_file = out / "metrics.json"
     if metrics_file.is_file():
         payload = json.loads(metrics_file.read_text())

@@ -63,11 +63,20 @@ def checkpoints() -> list[Path]:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
-def load_predictor(path: str, version: tuple[int, int] = (0, 0)) -> Predictor:
-    """A loaded model, kept across reruns. ``version`` (the file's modification time and
-    size) is part of the key: a model retrained into the same folder is loaded afresh,
-    not served from the old weights."""
-    return Predictor(path)
+def load_predictor(version: tuple[str, int, int]) -> Predictor:
+    """A loaded model, kept across reruns, keyed by :func:`model_version`: a model
+    retrained into the same folder is loaded afresh, not served from the old weights."""
+    return Predictor(version[0])
+
+
+def model_version(checkpoint: str | Path) -> tuple[str, int, int]:
+    """What identifies a model's weights: its path, modification time and size (a model
+    retrained into its folder is another model). ``(path, 0, 0)`` once the file is gone."""
+    try:
+        stat = Path(checkpoint).stat()
+    except OSError:
+        return str(checkpoint), 0, 0
+    return str(checkpoint), stat.st_mtime_ns, stat.st_size
 
 
 def model_label(checkpoint: str | Path) -> str:
@@ -87,9 +96,8 @@ def current_predictor() -> Predictor | None:
     choice = st.sidebar.selectbox("Model", range(len(options)), format_func=labels.__getitem__,
                                   key="model_choice")
     try:
-        stat = options[choice].stat()
-        return load_predictor(str(options[choice]), (stat.st_mtime_ns, stat.st_size))
-    except (MediADError, OSError) as exc:  # OSError: the file went since it was listed
+        return load_predictor(model_version(options[choice]))
+    except MediADError as exc:
         st.error(f"Cannot load this model: {exc}")
         return None
 

@@ -31,6 +31,7 @@ from ui.common import (
     Upload,
     banner,
     current_predictor,
+    model_version,
     on_disk,
     read_upload,
     show_error,
@@ -54,7 +55,7 @@ def forget(*keys: str) -> None:
 # The MRI as another model prepared it (its grid and preprocessing can differ), and that
 # model's answer, are not this one's: choosing another model in the sidebar prepares the
 # MRI again and drops the answer.
-if state.get("prepared_by") != (model_key := predictor and str(predictor.path)):
+if state.get("prepared_by") != (model_key := predictor and model_version(predictor.path)):
     forget("prepared", "preview")
     state["prepared_by"] = model_key
 

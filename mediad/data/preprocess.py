@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mediad.data.nifti import check_nifti_file, check_shape, check_voxels
 from mediad.errors import ImageError
-from mediad.io import atomic_write_bytes, atomic_write_text
+from mediad.io import atomic_write_bytes, atomic_write_text, hash_file
 
 __all__ = [
     "PREPROCESS_VERSION",
@@ -319,10 +319,7 @@ def register_to_template(brain: nib.Nifti1Image, config: PreprocessConfig | None
 
 
 def _cache_key(path: Path, config: PreprocessConfig) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
+    h = hash_file(hashlib.sha256(), path)  # the same key as before hash_file existed
     h.update(config.model_dump_json().encode())
     h.update(f"v{PREPROCESS_VERSION}".encode())
     return h.hexdigest()[:24]
