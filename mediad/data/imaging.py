@@ -151,8 +151,11 @@ def build_transforms(config: ImagingConfig | None = None, keys: Sequence[str] = 
     if c.preprocess is None or not c.preprocess.registration:
         # inputs of any pose: crop to the head or brain; registered inputs all share the
         # template's grid already, and a crop would only add jitter to that geometry
+        # (no crop coordinates kept: a subject without an MRI has none, and a batch that
+        # mixes the two would not collate)
         steps.append(CropForegroundd(keys, source_key=keys[0], select_fn=_AboveThreshold(
-            c.foreground_threshold), allow_smaller=True))
+            c.foreground_threshold), allow_smaller=True, start_coord_key=None,
+            end_coord_key=None))
     steps += [
         Resized(keys, spatial_size=min(c.shape), size_mode="longest", mode="trilinear"),
         SpatialPadd(keys, spatial_size=c.shape),

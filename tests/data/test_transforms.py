@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mediad.data.imaging import ImagingConfig
 from mediad.data.transforms import MaybeImaged, scanner_augmentation
+from mediad.engine.samples import make_dataset
 
 
 def _brain(shape: int = 32) -> torch.Tensor:
@@ -31,3 +38,19 @@ def test_a_missing_mri_is_a_blank_flagged_volume() -> None:
     out = MaybeImaged(fail, (8, 8, 8))({"image": "", "label": 1})
     assert out["image"].shape == (1, 8, 8, 8) and float(out["image"].abs().sum()) == 0.0
     assert float(out["has_image"]) == 0.0 and out["label"] == 1
+
+
+def test_subjects_with_and_without_an_mri_share_a_batch(
+        brain: tuple[np.ndarray, np.ndarray], write_nifti: Callable[..., Path]) -> None:
+    """Inputs already in MNI space (no preprocessing) are cropped to the foreground; the
+    crop must add nothing to a sample that a sample without an MRI lacks, or a cohort with
+    missing MRIs cannot be batched (it failed so, on the demo cohort's MNI-space copy)."""
+    vol, aff = brain
+    samples = [{"image": str(write_nifti(vol, affine=aff)), "label": 0},
+               {"image": "", "label": 1}]
+    imaging = ImagingConfig(spacing=(4.0, 4.0, 4.0), shape=(32, 32, 32), preprocess=None)
+    batch = next(iter(DataLoader(make_dataset(samples, imaging, augment=False, cache=False),
+                                 batch_size=2)))
+    assert batch["image"].shape == (2, 1, 32, 32, 32)
+    assert batch["has_image"].tolist() == [1.0, 0.0]
+    assert float(batch["image"][0].amax()) == 1.0 and float(batch["image"][1].abs().sum()) == 0
