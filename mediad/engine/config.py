@@ -74,6 +74,10 @@ class OptimConfig(BaseModel):
         0.3, ge=0.0, lt=1.0, description="Chance that each input (MRI, summary, record "
         "fields) is hidden from a training sample, so that MRI-only and record-only "
         "predictions rest on what is there (at least one input is always kept).")
+    precision: Literal["bf16", "fp32"] = Field(
+        "bf16", description="On a CUDA GPU, run forward passes under bf16 autocast (weights "
+        "and optimiser stay fp32) or in plain fp32; ignored on the CPU. "
+        "benchmarks/bench_gpu.py measures both.")
     seed: int = Field(0, ge=0)
 
 

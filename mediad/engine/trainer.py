@@ -108,8 +108,9 @@ def predict_patterns(model: MultimodalNet, loader: DataLoader, device: torch.dev
     for batch in loader:
         b = batch_to(batch, device)
         views = [b if p is None else restrict_inputs(b, p) for p in patterns]
-        with _autocast(device):
-            outs = model.predict_views(views, average=averaged)
+        # fp32 even on a GPU: metrics, temperatures and the feature distribution are then
+        # fitted on the numbers Predictor gives users, which runs without autocast
+        outs = model.predict_views(views, average=averaged)
         for p, out in zip(patterns, outs, strict=True):
             parts[p]["y"].append(batch["label"].numpy())
             parts[p]["log_probs"].append(out.log_probs.float().cpu().numpy())
@@ -121,8 +122,9 @@ def predict_patterns(model: MultimodalNet, loader: DataLoader, device: torch.dev
             for p, part in parts.items()}
 
 
-def _autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
+def _autocast(device: torch.device, precision: str) -> Any:
+    """Mixed precision for training steps on CUDA (``optim.precision``)."""
+    if device.type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -351,7 +353,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         for batch in bar:
             b = drop_modalities(batch_to(batch, device), oc.modality_dropout, dropout_rng,
                                 model.reads)
-            with _autocast(device):
+            with _autocast(device, oc.precision):
                 output = net(b)
                 loss = model.loss(output, b["label"], b["weight"].float())
             optimizer.zero_grad(set_to_none=True)
