@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,7 +22,11 @@ SMALL_MODEL = {"image": {"channels": [8, 8, 16, 16]}, "d_model": 16, "heads": 2,
 
 #: One cache for the whole session: every cache is content-addressed (preprocessed MRIs,
 #: summaries, embeddings), so sharing it only saves recomputation between tests.
-SHARED_CACHE = Path(tempfile.mkdtemp(prefix="mediad-test-cache-"))
+#: ``MEDIAD_TEST_CACHE`` names a lasting one instead (kept after the run), e.g. to run the
+#: GPU tests on a machine without the text model, with the embeddings made elsewhere.
+KEEP_CACHE = bool(os.environ.get("MEDIAD_TEST_CACHE"))
+SHARED_CACHE = (Path(os.environ["MEDIAD_TEST_CACHE"]) if KEEP_CACHE
+                else Path(tempfile.mkdtemp(prefix="mediad-test-cache-")))
 
 
 def tiny_train_config(cohort: Path, cache: Path | None = None, **model: object
@@ -42,7 +47,8 @@ def tiny_train_config(cohort: Path, cache: Path | None = None, **model: object
 @pytest.fixture(scope="session", autouse=True)
 def _shared_cache() -> Iterator[None]:
     yield
-    shutil.rmtree(SHARED_CACHE, ignore_errors=True)
+    if not KEEP_CACHE:
+        shutil.rmtree(SHARED_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
