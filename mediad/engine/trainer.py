@@ -311,6 +311,9 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
     cache = cache_root(config)
     train_set = make_dataset(samples["train"], imaging, config.data.augment,
                              cache_dir=cache)
+    # MONAI's random transforms start from an unseeded RNG: the first prototype refresh
+    # below reads augmented images, so an unseeded start made every augmented run differ
+    _seed_augmentation(train_set, oc.seed)
     eval_sets = {k: make_dataset(samples[k], imaging, False, cache_dir=cache)
                  for k in ("val", "test") if samples[k]}
     sampler = DistributedSampler(train_set, num_replicas=d.world, rank=d.rank, shuffle=True,
@@ -376,15 +379,17 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, n),
                                    "lr": scheduler.get_last_lr()[0],
                                    "seconds": time.perf_counter() - started}
+        selected_on: dict[str, Any] = {}
         if "val" in eval_loaders:
-            pv = predict_loader(model, eval_loaders["val"], device)
-            metrics["val"] = classification_metrics(pv["y"], pv["log_probs"],
-                                                    config.model.classes)
-            val_sites = np.array([samples["val"][i]["site"] for i in pv["index"]])
-            metrics["val"]["site_balanced_accuracy"] = site_balanced_accuracy(
-                pv["y"], pv["log_probs"].argmax(1), val_sites)
-        score = selection_score(metrics.get("val", {}), oc, metrics["train_loss"])
-        improved = score > state["best"]
+            per = _validate(model, eval_loaders["val"], device, samples["val"], config)
+            metrics["val"] = selected_on = next(iter(per.values()))
+            if len(per) > 1:  # each_pattern: select on the mean over the patterns
+                metrics["val_patterns"] = per
+                selected_on = {key: float(np.mean([v[key] for v in per.values()]))
+                               for key in selected_on}
+                metrics["val_selection"] = selected_on
+        score = selection_score(selected_on, oc, metrics["train_loss"])
+        improved = score > state["best"] or oc.selection == "last"
         state.update(epoch=epoch, stale=0 if improved else state["stale"] + 1)
         if improved:
             state.update(best=score, best_epoch=epoch)
@@ -403,7 +408,9 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                 tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.3f}, val balanced "
                            f"accuracy {val.get('balanced_accuracy', float('nan')):.3f}, "
                            f"site-balanced {val.get('site_balanced_accuracy', float('nan')):.3f}"
-                           + (" (best so far)" if improved else ""))
+                           + (f", mean over input patterns {score[0]:.3f}"
+                              if "val_selection" in metrics else "")
+                           + (" (best so far)" if improved and oc.selection != "last" else ""))
         if d.world > 1:
             dist.barrier()
         if should_stop(state["best"][0], state["stale"], epoch, oc, len(config.model.classes),
@@ -440,11 +447,34 @@ def should_stop(best: float, stale: int, epoch: int, oc: OptimConfig, n_classes:
     return not (validated and best <= 1.0 / n_classes + CHANCE_MARGIN)
 
 
+def _validate(model: MultimodalNet, loader: DataLoader, device: torch.device,
+              samples: list[dict[str, Any]], config: TrainConfig
+              ) -> dict[str, dict[str, float]]:
+    """Validation metrics of the answer from every input (first) and, with
+    ``optim.selection_inputs: each_pattern``, of each other input pattern the model answers;
+    keyed by pattern name."""
+    if config.optim.selection_inputs == "each_pattern":
+        names, restricted = _patterns(model), _restricted_patterns(model)
+    else:
+        names, restricted = ("all",), [None]
+    preds = predict_patterns(model, loader, device, restricted)
+    out = {}
+    for name, pattern in zip(names, restricted, strict=True):
+        pv = preds[pattern]
+        m = classification_metrics(pv["y"], pv["log_probs"], config.model.classes)
+        sites = np.array([samples[i]["site"] for i in pv["index"]])
+        m["site_balanced_accuracy"] = site_balanced_accuracy(pv["y"],
+                                                             pv["log_probs"].argmax(1), sites)
+        out[name] = m
+    return out
+
+
 def selection_score(val: dict[str, Any], oc: OptimConfig, train_loss: float
                     ) -> tuple[float, float]:
     """What checkpoint selection maximises: the validation score (``oc.selection``), then
     minus the validation log-loss (``oc.tie_break``); minus the training loss when there is
-    no validation score (no split, or one class only: NaN)."""
+    no validation score (no split, or one class only: NaN). With ``selection: last`` it is
+    the plain balanced accuracy, logged; the trainer keeps the final epoch regardless."""
     key = "site_balanced_accuracy" if oc.selection == "site_balanced" else "balanced_accuracy"
     score = val.get(key, float("nan"))
     if score != score:

@@ -266,3 +266,59 @@ def test_no_early_stop_while_validation_is_at_chance() -> None:
     assert not should_stop(0.55, 9, 9, oc, 2, validated=True)  # chance is 0.5 for two classes
     # without a validation split the score is minus the training loss: patience alone
     assert should_stop(-0.7, 3, 5, oc, 3, validated=False)
+
+
+def test_selection_on_each_input_pattern(tiny_cohort: Path, tmp_path: Path, run: Path
+                                         ) -> None:
+    """``selection_inputs: each_pattern`` keeps the epoch with the best mean validation
+    score over MRI and record, MRI only and record only, and logs each pattern's metrics;
+    the default reads the answer from every input only."""
+    config = tiny_train_config(tiny_cohort)
+    config = config.model_copy(update={"optim": config.optim.model_copy(
+        update={"selection_inputs": "each_pattern"})})
+    train(config, tmp_path / "run", show_progress=False)
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    for e in epochs:
+        assert set(e["val_patterns"]) == {"mri+record", "mri", "record"}
+        assert e["val_patterns"]["mri+record"] == e["val"]
+        assert e["val_selection"]["site_balanced_accuracy"] == pytest.approx(np.mean(
+            [m["site_balanced_accuracy"] for m in e["val_patterns"].values()]))
+    # the patterns are really different answers (the MRI alone is not the record alone)
+    assert any(e["val_patterns"]["mri"]["log_loss"] != e["val_patterns"]["record"]["log_loss"]
+               for e in epochs)
+    scores = [(e["val_selection"]["site_balanced_accuracy"], -e["val_selection"]["log_loss"])
+              for e in epochs]
+    best = json.loads((tmp_path / "run" / "metrics.json").read_text())["best_epoch"]
+    assert best == epochs[scores.index(max(scores))]["epoch"]
+    default = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert all("val_patterns" not in e and "val_selection" not in e for e in default)
+
+
+def test_augmented_training_is_reproducible(tiny_cohort: Path, tmp_path: Path) -> None:
+    """Two runs with scanner augmentation train the same model: MONAI's random transforms
+    start unseeded, and the first prototype refresh reads augmented images (every
+    augmented run used to differ from the first epoch on)."""
+    config = tiny_train_config(tiny_cohort)
+    config = config.model_copy(update={"data": config.data.model_copy(update={"augment": True})})
+    for name in ("a", "b"):
+        train(config, tmp_path / name, show_progress=False, max_epochs=2)
+    a, b = ([json.loads(line)["train_loss"] for line in (tmp_path / n / "metrics.jsonl").open()]
+            for n in ("a", "b"))
+    assert len(a) == 2 and a == b
+
+
+def test_selection_last_keeps_the_final_epoch(tiny_cohort: Path, tmp_path: Path) -> None:
+    """``selection: last`` keeps the end of the schedule, with no early stop, even where
+    validation says an earlier epoch was better."""
+    config = tiny_train_config(tiny_cohort)
+    config = config.model_copy(update={"optim": config.optim.model_copy(
+        update={"selection": "last", "patience": 1, "min_epochs": 1})})
+    train(config, tmp_path / "run", show_progress=False)
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]  # patience 1 stopped nothing
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert best["epoch"] == 4 and json.loads((tmp_path / "run" / "metrics.json").read_text()
+                                             )["best_epoch"] == 4
+    assert all(torch.equal(v, last["model_state"][k]) for k, v in best["model_state"].items()
+               if not k.startswith("front_door"))
