@@ -17,7 +17,9 @@ the remaining subjects. That separates a temperature that is wrong because its v
 split is small from a model that no temperature calibrates.
 
 Run: ``python benchmarks/bench_missing_inputs.py [--out docs/results/missing-inputs.md]``
-(builds the demo cohort, model and baselines in the data folder when absent). Figures come
+(builds the demo cohort, model and baselines in the data folder when absent).
+``--reference`` scores the reference model (``mediad demo --reference``) instead, against
+baselines trained with the reference recipe on its split (no label-blind model). Figures come
 from one run on one machine; test splits are small, so read the intervals.
 """
 
@@ -62,12 +64,12 @@ VAL_SIZES = (22, 50, 100)
 ECE_TARGET = 0.05
 
 
-def baseline(kind: str, root: Path, splits: Path) -> Path:
-    """A single-input model trained like the demo model, on its split (reused when it was
-    made by the same recipe)."""
-    folder = root / "bench-baselines" / kind
-    cohort, _ = ensure_demo_cohort(root)
-    config = demo_config(cohort, root / "cache")
+def baseline(kind: str, root: Path, splits: Path, reference: bool = False) -> Path:
+    """A single-input model trained like the demo (or reference) model, on its split
+    (reused when it was made by the same recipe)."""
+    folder = root / ("bench-baselines-reference" if reference else "bench-baselines") / kind
+    cohort, _ = ensure_demo_cohort(root, reference=reference)
+    config = demo_config(cohort, root / "cache", reference=reference)
     config = config.model_copy(update={
         "data": config.data.model_copy(update={"splits": splits}),
         "model": config.model.model_copy(update={"kind": kind,
@@ -136,32 +138,37 @@ def calibration_rows(pattern: str, y: np.ndarray, raw: np.ndarray, fitted: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="write the table (Markdown)")
+    parser.add_argument("--reference", action="store_true",
+                        help="score the reference model (mediad demo --reference), against "
+                        "baselines trained with its recipe on its split")
     args = parser.parse_args()
-    root = data_dir()
-    cohort, _ = ensure_demo_cohort(root)
+    root, ref = data_dir(), args.reference
+    main_name = "reference model (MediAD)" if ref else "demo model (MediAD)"
+    cohort, _ = ensure_demo_cohort(root, reference=ref)
     shifted, _ = ensure_demo_cohort(root, shifted=True)
-    best, _ = ensure_demo_model(root, show_progress=False)
+    best, _ = ensure_demo_model(root, show_progress=False, reference=ref)
     splits_file = best.parent / "splits.json"
     splits = Splits.load(splits_file)
     started = time.perf_counter()
-    blind, _ = ensure_demo_model(root, show_progress=False, label_blind=True)
-    models = {"demo model (MediAD)": Predictor(best),
-              "label-blind demo model (MediAD)": Predictor(blind),
-              "image_only baseline": Predictor(baseline("image_only", root, splits_file)),
-              "tabular baseline": Predictor(baseline("tabular", root, splits_file))}
+    models = {main_name: Predictor(best)}
+    if not ref:
+        blind, _ = ensure_demo_model(root, show_progress=False, label_blind=True)
+        models["label-blind demo model (MediAD)"] = Predictor(blind)
+    models |= {"image_only baseline": Predictor(baseline("image_only", root, splits_file, ref)),
+               "tabular baseline": Predictor(baseline("tabular", root, splits_file, ref))}
     print(f"baselines ready in {time.perf_counter() - started:.0f} s")
     fresh = root / f"bench-in-distribution-{FRESH.n_subjects}"
     if not (fresh / "manifest.csv").is_file():
         simulate_cohort(FRESH, fresh, overwrite=True)
     test_sets = {
-        "in distribution (demo test split)": [
+        f"in distribution ({'reference' if ref else 'demo'} test split)": [
             r for r in load_manifest(cohort / "manifest.csv").rows
             if splits.split_of(r.subject_id) == "test"],
         f"fresh in-distribution cohort ({FRESH.n_subjects} new subjects)": load_manifest(
             fresh / "manifest.csv").rows,
         "shifted demo cohort": load_manifest(shifted / "manifest.csv").rows,
     }
-    asked = {"demo model (MediAD)": ("mri+record", "mri", "record"),
+    asked = {main_name: ("mri+record", "mri", "record"),
              "label-blind demo model (MediAD)": ("mri+record", "mri", "record"),
              "image_only baseline": ("mri",), "tabular baseline": ("record",)}
     lines = ["| test set | model | inputs | n | balanced accuracy (95 % CI) | ECE | "
@@ -170,7 +177,7 @@ def main() -> None:
              "|---|---|---|---|"]
     calibration = ["| inputs | scored on | temperature (10th / 50th / 90th percentile) | "
                    "ECE (median) | ECE floor | ECE ≤ 0.05 |", "|---|---|---|---|---|---|"]
-    demo = models["demo model (MediAD)"]
+    demo = models[main_name]
     for set_name, rows in test_sets.items():
         got = {}
         for model_name, predictor in models.items():
@@ -194,7 +201,7 @@ def main() -> None:
                              f"{ece_noise_floor(proba):.3f} |")
                 print(lines[-1], flush=True)
         for other, pattern in (("image_only baseline", "mri"), ("tabular baseline", "record")):
-            (y, a), (y2, b) = got["demo model (MediAD)", pattern], got[other, pattern]
+            (y, a), (y2, b) = got[main_name, pattern], got[other, pattern]
             assert (y == y2).all()  # the same subjects, in the same order
             d = paired_bootstrap(lambda i, y=y, a=a: balanced_accuracy(y[i], a[i].argmax(1)),
                                  lambda i, y=y, b=b: balanced_accuracy(y[i], b[i].argmax(1)),
@@ -204,8 +211,9 @@ def main() -> None:
             print(diffs[-1], flush=True)
     lines += ["", "ECE floor: the ECE that exactly right probabilities would read on the same "
               "subjects (`mediad.metrics.ece_noise_floor`); an ECE near it is no evidence of "
-              "miscalibration.", "", *diffs, "", "Calibration of the demo model on the "
-              "fresh cohort: the checkpoint's temperature was fitted on its 22 validation "
+              "miscalibration.", "", *diffs, "", f"Calibration of the {main_name} on the "
+              "fresh cohort: the checkpoint's temperature was fitted on its "
+              f"{demo.calibration.n_validation if demo.calibration else '?'} validation "
               "subjects; 'best' is fitted on the scored subjects themselves; the resampled "
               "rows draw 200 validation splits from the fresh cohort, fit a temperature on "
               "each and read the ECE on the rest (median, and how often it is ≤ 0.05).", "",

@@ -9,7 +9,7 @@ every scan afresh, so its residual jitter shows there too. The MRI-only answer i
 scored uncalibrated: its temperature (below 1) multiplies the logits, and every change in
 them with them. Needs the demo model (``mediad demo``).
 
-Run: ``python benchmarks/bench_pose.py [--subjects 6] [--poses 4]``.
+Run: ``python benchmarks/bench_pose.py [--subjects 6] [--poses 4] [--model best.pt]``.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--subjects", type=int, default=6)
     parser.add_argument("--poses", type=int, default=4)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a best.pt (default: the demo model, built when absent)")
     args = parser.parse_args()
     cohort, _ = ensure_demo_cohort(shifted=True)
-    best, _ = ensure_demo_model()
+    best = args.model or ensure_demo_model()[0]
     truth = pd.read_csv(cohort / "ground_truth.csv").head(args.subjects)
     truth["site_index"] = truth["site"].map({s.name: i for i, s in enumerate(SITES)})
     rows = {r.subject_id: r for r in load_manifest(cohort / "manifest.csv").rows}

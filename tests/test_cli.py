@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mediad.cli import app
+from mediad.data.records import load_manifest
 from mediad.engine.predictor import Predictor
 from mediad.experiments import demo
 
@@ -91,16 +92,20 @@ def test_schema_drift_is_detected(tmp_path: Path) -> None:
     assert code == 2 and "clinical_record.schema.json" in output
 
 
+def _tiny_recipe(source: Path, out: Path) -> Path:
+    """A demo recipe at 32^3, d_model 16, one epoch (every ``*epochs`` field set to 1)."""
+    text = re.sub(r"shape: \[\d+, \d+, \d+\]", "shape: [32, 32, 32]", source.read_text())
+    text = re.sub(r"epochs: \d+", "epochs: 1", text).replace("d_model: 64", "d_model: 16")
+    assert "epochs: 1\n" in text and "shape: [32, 32, 32]" in text
+    out.write_text(text)
+    return out
+
+
 def test_demo_builds_once_then_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small = demo.DEMO_COHORT.model_copy(update={"n_subjects": 16, "spacing": 8.0})
     monkeypatch.setattr(demo, "DEMO_COHORT", small)
-    tiny = tmp_path / "demo.yaml"
-    text = re.sub(r"shape: \[\d+, \d+, \d+\]", "shape: [32, 32, 32]",
-                  demo.DEMO_CONFIG.read_text())
-    text = re.sub(r"epochs: \d+", "epochs: 1", text).replace("d_model: 64", "d_model: 16")
-    assert "epochs: 1\n" in text and "shape: [32, 32, 32]" in text
-    tiny.write_text(text)
-    monkeypatch.setattr(demo, "DEMO_CONFIG", tiny)
+    monkeypatch.setattr(demo, "DEMO_CONFIG", _tiny_recipe(demo.DEMO_CONFIG,
+                                                          tmp_path / "demo.yaml"))
     code, output = run("demo", "--data-dir", tmp_path / "data")
     assert code == 0 and "Built the demo cohort" in output and "research use only" in output
     assert "trained" in output and "test balanced accuracy" in output
@@ -114,6 +119,34 @@ def test_demo_builds_once_then_reuses(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "mmse" not in blind["summary fields"] and "cdr_sb" not in blind["record fields"]
     full = Predictor(tmp_path / "data" / "demo-model" / "best.pt").inputs()
     assert full["label-defining scores"] == "mmse, cdr_sb" and full["MRI"] == "yes"
+
+
+def test_demo_reference_builds_the_augmented_model_beside_the_demo(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--reference`` trains the reference recipe (scanner augmentation, selection on
+    every input pattern) on its own cohort, in its own folder, and leaves the demo as is."""
+    small = {"n_subjects": 16, "spacing": 8.0}
+    monkeypatch.setattr(demo, "DEMO_COHORT", demo.DEMO_COHORT.model_copy(update=small))
+    monkeypatch.setattr(demo, "REFERENCE_COHORT",
+                        demo.REFERENCE_COHORT.model_copy(update=small))
+    monkeypatch.setattr(demo, "DEMO_CONFIG", _tiny_recipe(demo.DEMO_CONFIG,
+                                                          tmp_path / "demo.yaml"))
+    monkeypatch.setattr(demo, "REFERENCE_CONFIG", _tiny_recipe(demo.REFERENCE_CONFIG,
+                                                               tmp_path / "reference.yaml"))
+    code, output = run("demo", "--data-dir", tmp_path / "data", "--reference")
+    assert code == 0 and "Reference model" in output, output
+    data = tmp_path / "data"
+    ids = {r.subject_id for r in load_manifest(data / "reference-cohort" / "manifest.csv").rows}
+    demo_ids = {r.subject_id for r in load_manifest(data / "demo-cohort" / "manifest.csv").rows}
+    assert len(ids) == 16 and not ids & demo_ids  # new subjects, not the demo's
+    ref = Predictor(data / demo.REFERENCE_FOLDER / "best.pt")
+    assert ref.config.data.augment and ref.config.optim.selection_inputs == "each_pattern"
+    assert Path(ref.config.data.manifest).parent.name == "reference-cohort"
+    epoch = json.loads((data / demo.REFERENCE_FOLDER / "metrics.jsonl").read_text())
+    assert set(epoch["val_patterns"]) == {"mri+record", "mri", "record"}
+    assert not Predictor(data / "demo-model" / "best.pt").config.data.augment
+    code, output = run("demo", "--data-dir", data, "--reference")
+    assert code == 0 and output.count("reusing") == 2  # both models, nothing retrained
 
 
 def test_version() -> None:

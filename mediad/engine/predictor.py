@@ -51,7 +51,8 @@ CONFIDENT = 0.6
 #: inputs) stops its MRI path from learning at all (README, "Pose").
 TEXTURE_CAVEAT = ("this model was trained without scanner augmentation: from an MRI alone "
                   "it can read the scanner (texture, noise, contrast) rather than the "
-                  "anatomy, and its answer can change between two scans of one brain")
+                  "anatomy, and its answer can change between two scans of one brain (the "
+                  "reference model, `mediad demo --reference`, is trained with it)")
 
 
 def probability_text(p: float) -> str:
