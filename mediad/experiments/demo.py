@@ -43,8 +43,8 @@ DEMO_COHORT = SimulationConfig(n_subjects=150, confounding=0.8, shift="none", se
 DEMO_SHIFTED = DEMO_COHORT.model_copy(update={"n_subjects": 60, "shift": "reversed",
                                                "seed": 2027, "subject_offset": 5000})
 
-#: The reference model's training config (scanner augmentation, 40 epochs, selection on
-#: every input pattern): what the demo recipe would be without its 3-minute budget.
+#: The reference model's training config (scanner augmentation, a fixed 40 epochs, the
+#: last one kept): what the demo recipe would be without its 3-minute budget.
 REFERENCE_CONFIG = Path(__file__).parents[1] / "configs" / "reference.yaml"
 
 #: The reference cohort: drawn as the demo cohort (same sites, confounding and gaps), with
@@ -52,6 +52,7 @@ REFERENCE_CONFIG = Path(__file__).parents[1] / "configs" / "reference.yaml"
 REFERENCE_COHORT = DEMO_COHORT.model_copy(update={"n_subjects": 600, "seed": 3030,
                                                    "subject_offset": 20000})
 REFERENCE_FOLDER = "reference-model"
+
 
 def _cohort(shifted: bool, reference: bool) -> tuple[str, SimulationConfig]:
     """A demo cohort's folder name in the data folder, and how it is drawn."""
