@@ -443,6 +443,49 @@ def evaluate_cmd(
 
 @app.command()
 @_friendly
+def calibrate(
+    checkpoint: Annotated[Path, typer.Option(help="best.pt of a run.")],
+    manifest: Annotated[Path, typer.Option(help="Labelled cohort held out from training "
+                                           "(a few hundred subjects: a site's own, say).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Checkpoint to write (may be "
+                                           "CHECKPOINT itself; name it <folder>/best.pt "
+                                           "for the app to list it).")],
+    force: Annotated[bool, typer.Option(help="Fit even on subjects the model was trained "
+                                        "on (over-confident).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    workers: Annotated[int, typer.Option(min=1, help="Processes preprocessing raw MRIs.")] = 2,
+    mni_inputs: Annotated[bool, typer.Option("--mni-inputs", help="The MRIs are already "
+                                             "brain-extracted and registered to MNI152: "
+                                             "skip preprocessing.")] = False,
+) -> None:
+    """Refit a model's temperatures, per input pattern, on a labelled held-out cohort (the
+    network and its out-of-distribution thresholds stay as trained)."""
+    from mediad.engine.recalibrate import recalibrate
+
+    with _progress("preprocessing, then scoring") as update:
+        result = recalibrate(checkpoint, manifest, out_file, workers=workers,
+                             mni_inputs=mni_inputs, batch_size=batch_size, force=force,
+                             progress=update)
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    out.print("inputs        n  temperature     ECE uncalibrated / old T / new T "
+              "(on these subjects)", highlight=False)
+    for pattern, r in result.patterns.items():
+        t_new = "kept" if r.new_temperature is None else f"{r.new_temperature:.2f}"
+        out.print(f"{pattern:<11} {r.n:>4}  {r.old_temperature:.2f} -> {t_new:<6}  "
+                  f"{fmt(r.ece_uncalibrated)} / {fmt(r.ece_old)} / {fmt(r.ece_new)}"
+                  + (f"  ({r.note})" if r.note else ""), highlight=False)
+    if result.skipped_mri:
+        err.print(f"[yellow]warning:[/] {result.skipped_mri} MRI(s) could not be read or "
+                  "preprocessed; their subjects count for the record-only pattern only "
+                  "(`mediad validate` names them)")
+    out.print(f"wrote {out_file}")
+
+
+@app.command()
+@_friendly
 def ablate(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder (resumable).")],
     config: Annotated[Path | None, typer.Option(help="Ablation YAML (see mediad."
@@ -622,7 +665,7 @@ def demo(
                           "and run again")
     out.print(f"[green]Valid:[/] {report.n_rows} subjects, {report.n_images} MRIs checked.")
     _print_cohort(folder)
-    from mediad.experiments.demo import ensure_demo_model
+    from mediad.experiments.demo import CALIBRATION_REPORT, ensure_demo_model
 
     variants = [(False, False)] + [(True, False)] * label_blind + [(False, True)] * reference
     for blind, ref in variants:
@@ -639,6 +682,13 @@ def demo(
                   f"balanced accuracy {test.get('balanced_accuracy', float('nan')):.3f} "
                   f"(n={test.get('n')}; MMSE and CDR-SB "
                   f"{'left out' if blind else 'among the inputs'})")
+        report = best.parent / CALIBRATION_REPORT
+        if ref and report.is_file():
+            fits = json.loads(report.read_text(encoding="utf-8"))["patterns"]
+            out.print("  temperatures refitted on new subjects (`mediad calibrate`): " + "; ".join(
+                f"{p} {f['old_temperature']:.2f} -> " + (
+                    "kept" if f["new_temperature"] is None else f"{f['new_temperature']:.2f}")
+                + f" (n={f['n']})" for p, f in fits.items()))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,6 +129,8 @@ def test_demo_reference_builds_the_augmented_model_beside_the_demo(
     monkeypatch.setattr(demo, "DEMO_COHORT", demo.DEMO_COHORT.model_copy(update=small))
     monkeypatch.setattr(demo, "REFERENCE_COHORT",
                         demo.REFERENCE_COHORT.model_copy(update=small))
+    monkeypatch.setattr(demo, "REFERENCE_CALIBRATION",
+                        demo.REFERENCE_CALIBRATION.model_copy(update=small))
     monkeypatch.setattr(demo, "DEMO_CONFIG", _tiny_recipe(demo.DEMO_CONFIG,
                                                           tmp_path / "demo.yaml"))
     monkeypatch.setattr(demo, "REFERENCE_CONFIG", _tiny_recipe(demo.REFERENCE_CONFIG,
@@ -145,6 +147,17 @@ def test_demo_reference_builds_the_augmented_model_beside_the_demo(
     epoch = json.loads((data / demo.REFERENCE_FOLDER / "metrics.jsonl").read_text())
     assert set(epoch["val_patterns"]) == {"mri+record", "mri", "record"}
     assert not Predictor(data / "demo-model" / "best.pt").config.data.augment
+    # then recalibrated on a cohort of its own (16 subjects here: too few, so every
+    # temperature is kept, and the checkpoint says it still comes from the validation split)
+    report = json.loads((data / demo.REFERENCE_FOLDER / demo.CALIBRATION_REPORT).read_text())
+    cal_rows = load_manifest(data / demo.REFERENCE_CALIBRATION_FOLDER / "manifest.csv").rows
+    n_mri = sum(bool(r.mri_path) for r in cal_rows)
+    assert {p: r["n"] for p, r in report["patterns"].items()} == {
+        "mri+record": n_mri, "mri": n_mri, "record": 16}
+    assert all("fewer than" in r["note"] for r in report["patterns"].values())
+    assert "refitted on new subjects" in output and "-> kept (n=16)" in output
+    assert ref.calibration.fitted_on == "validation split"
+    assert not {r.subject_id for r in cal_rows} & (ids | demo_ids)
     code, output = run("demo", "--data-dir", data, "--reference")
     assert code == 0 and output.count("reusing") == 2  # both models, nothing retrained
 
@@ -237,3 +250,19 @@ def test_predict_picks_a_row_of_a_multi_row_export(tmp_path: Path, tiny_run: Pat
     assert code == 0 and json.loads(output[output.index("{"):])["inputs_used"]["record"]
     code, output = run("predict", "--checkpoint", ck, "--record", path, "--subject", "X")
     assert code == 2 and "no record for X" in output
+
+
+def test_calibrate_prints_each_pattern_and_refuses_training_subjects(
+        tmp_path: Path, tiny_run: Path, tiny_cohort: Path, in_distribution_cohort: Path) -> None:
+    out = tmp_path / "recalibrated" / "best.pt"
+    code, output = run("calibrate", "--checkpoint", tiny_run / "best.pt", "--manifest",
+                       in_distribution_cohort / "manifest.csv", "--out", out, "--workers", 1)
+    assert code == 0 and out.is_file() and f"wrote {out}" in output
+    lines = {line.split()[0]: line for line in output.splitlines()
+             if line.split() and line.split()[0] in ("mri+record", "mri", "record")}
+    assert set(lines) == {"mri+record", "mri", "record"}
+    assert all("kept" in line and "fewer than 50" in line for line in lines.values())
+    code, output = run("calibrate", "--checkpoint", tiny_run / "best.pt", "--manifest",
+                       tiny_cohort / "manifest.csv", "--out", tmp_path / "other.pt")
+    assert code == 2 and "in the model's training data" in output
+    assert not (tmp_path / "other.pt").exists()

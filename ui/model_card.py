@@ -53,21 +53,26 @@ splits = {k: metrics[k] for k in ("val", "test") if isinstance(metrics.get(k), d
 if splits:
     st.dataframe(pd.DataFrame(splits).T, width="stretch")
 if predictor.calibration is not None:
-    cal, tested = predictor.calibration, metrics.get("test_calibrated", {})
+    cal = predictor.calibration
+    # the training run's test ECE belongs to the temperatures it fitted, not to refitted ones
+    tested = metrics.get("test_calibrated", {}) if cal.fitted_on == "validation split" else {}
     st.subheader("Calibration per input pattern")
     table = {PATTERN_NAMES.get(p, p): {
-        "temperature": t, "validation ECE before": cal.ece_before.get(p),
-        "validation ECE after": cal.ece_after.get(p),
+        "temperature": t, "fit ECE before": cal.ece_before.get(p),
+        "fit ECE after": cal.ece_after.get(p),
         **({"test n": tested[p]["n"], "test balanced accuracy": tested[p]["balanced_accuracy"],
             "test ECE before": tested[p]["ece_before"], "test ECE after": tested[p]["ece_after"]}
            if p in tested else {})} for p, t in cal.temperature.items()}
     st.dataframe(pd.DataFrame(table).T, width="stretch")
-    st.caption(f"Each temperature was fitted on the {cal.n_validation} validation subjects; "
-               "ECE on a few dozen subjects is noisy (see the Cohort page's floor).")
+    where = (f"the {cal.n_validation} validation subjects" if cal.fitted_on ==
+             "validation split" else cal.fitted_on + " (`mediad calibrate`)")
+    st.caption(f"Each temperature was fitted on {where}; the 'fit ECE' columns are read on "
+               "those subjects. ECE on a few dozen subjects is noisy (see the Cohort page's "
+               "floor).")
     for p in cal.at_bound():
         st.warning(f"The {PATTERN_NAMES.get(p, p)} temperature sits at a bound of its search "
-                   f"({cal.temperature[p]:g}): the validation split could not pin it down "
-                   "(no errors to learn from, or no signal), so these probabilities deserve "
+                   f"({cal.temperature[p]:g}): the subjects it was fitted on could not pin it "
+                   "down (no errors to learn from, or no signal), so these probabilities deserve "
                    "less trust than the others.")
 st.subheader("Intended use and limits")
 st.markdown("""
@@ -77,8 +82,9 @@ st.markdown("""
 - If MMSE or CDR-SB were inputs, accuracy is inflated: ADNI defines the diagnosis partly from
   them.
 - Probabilities are calibrated per input pattern (MRI and record, MRI only, record only) by
-  a temperature fitted on the validation split; they are still not clinical risks. Check
-  the reliability diagram of a cohort evaluation, above all on a shifted cohort.
+  a temperature fitted on the validation split, or on a labelled cohort of your own
+  (`mediad calibrate`); they are still not clinical risks. Check the reliability diagram
+  of a cohort evaluation, above all on a shifted cohort.
 - The causal head adjusts for the confounders it was given (age, sex, vascular risk; scanner
   through the front door). It cannot remove confounding it never saw.
 - Summaries never contain the diagnosis or identifiers; free-text notes are quoted as data.

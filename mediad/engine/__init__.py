@@ -1,4 +1,5 @@
-"""Running models: configs, samples, checkpoints, DDP helpers, training, prediction, saliency.
+"""Running models: configs, samples, checkpoints, DDP helpers, training, calibration,
+prediction, saliency.
 """
 
 from mediad._lazy import lazy_exports
@@ -16,11 +17,14 @@ _HOMES = {
     "OCCLUSION_MASK": "explain",
     "OptimConfig": "config",
     "MAX_TEMPERATURE": "calibration",
+    "MIN_SUBJECTS": "recalibrate",
     "MIN_TEMPERATURE": "calibration",
     "PATTERNS": "calibration",
+    "PatternRefit": "recalibrate",
     "Prediction": "predictor",
     "Predictor": "predictor",
     "PreparedMRI": "predictor",
+    "Recalibration": "recalibrate",
     "TrainConfig": "config",
     "TrainResult": "trainer",
     "balance_weights": "samples",
@@ -41,12 +45,14 @@ _HOMES = {
     "lr_schedule": "trainer",
     "make_dataset": "samples",
     "make_summarizer": "samples",
+    "model_patterns": "calibration",
     "new_salt": "checkpoint",
     "overlapping_subjects": "checkpoint",
     "predict_loader": "trainer",
     "predict_patterns": "trainer",
     "prepare_images": "samples",
     "probability_text": "predictor",
+    "recalibrate": "recalibrate",
     "restrict_inputs": "calibration",
     "saliency": "explain",
     "selection_score": "trainer",

@@ -30,6 +30,7 @@ __all__ = [
     "fit_feature_distribution",
     "fit_temperature",
     "input_pattern",
+    "model_patterns",
     "restrict_inputs",
 ]
 
@@ -49,6 +50,13 @@ def input_pattern(has_mri: bool, has_record: bool) -> InputPattern:
     if has_mri and has_record:
         return "mri+record"
     return "mri" if has_mri else "record"
+
+
+def model_patterns(has_image: bool, has_record: bool) -> tuple[InputPattern, ...]:
+    """The input patterns a model that reads these inputs can be asked with."""
+    if has_image and has_record:
+        return PATTERNS
+    return ("mri",) if has_image else ("record",)
 
 
 def restrict_inputs(batch: dict[str, torch.Tensor], pattern: InputPattern
@@ -132,6 +140,9 @@ class Calibration(BaseModel):
     ece_before: dict[str, float] = Field(default_factory=dict)
     ece_after: dict[str, float] = Field(default_factory=dict)
     n_validation: int = 0
+    fitted_on: str = Field("validation split", description="Where the temperatures were "
+                           "fitted: the validation split after training, or a "
+                           "recalibration cohort (``mediad calibrate``).")
     features: dict[str, FeatureDistribution] = Field(default_factory=dict)
 
     def at_bound(self) -> list[str]:

@@ -309,7 +309,7 @@ class Predictor:
         caveats = [TEXTURE_CAVEAT] if pattern == "mri" and not self.config.data.augment else []
         if self.calibration is not None and pattern in self.calibration.at_bound():
             caveats.append(f"the temperature for {pattern} inputs sits at a bound of its "
-                           "search: the validation split could not pin it down, so this "
+                           "search: the subjects it was fitted on could not pin it down, so this "
                            "probability deserves less trust")
         uncertainty = uncertainty_statement(float(probs.max()), flags,
                                             self.calibration is not None, pattern, caveats)

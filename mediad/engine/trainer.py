@@ -31,10 +31,10 @@ from mediad.data.nifti import check_nifti_file
 from mediad.data.records import ManifestRow, load_manifest
 from mediad.data.splits import Splits, check_leakage, make_splits
 from mediad.engine.calibration import (
-    PATTERNS,
     Calibration,
     InputPattern,
     fit_calibration,
+    model_patterns,
     restrict_inputs,
 )
 from mediad.engine.checkpoint import (
@@ -524,10 +524,7 @@ def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
 
 def _patterns(model: MultimodalNet) -> tuple[InputPattern, ...]:
     """The input patterns a model can be asked with."""
-    record = model.use_text or model.tabular is not None
-    if model.use_image and record:
-        return PATTERNS
-    return ("mri",) if model.use_image else ("record",)
+    return model_patterns(model.use_image, model.use_text or model.tabular is not None)
 
 
 def _restricted_patterns(model: MultimodalNet) -> list[InputPattern | None]:

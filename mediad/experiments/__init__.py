@@ -5,6 +5,7 @@ from mediad._lazy import lazy_exports
 
 _HOMES = {
     "AblationConfig": "ablation",
+    "CALIBRATION_REPORT": "demo",
     "DEMO_COHORT": "demo",
     "DEMO_CONFIG": "demo",
     "DEMO_SHIFTED": "demo",
@@ -12,6 +13,8 @@ _HOMES = {
     "LABEL_BLIND": "demo",
     "LABEL_BLIND_FOLDER": "demo",
     "QUICK": "ablation",
+    "REFERENCE_CALIBRATION": "demo",
+    "REFERENCE_CALIBRATION_FOLDER": "demo",
     "REFERENCE_COHORT": "demo",
     "REFERENCE_CONFIG": "demo",
     "REFERENCE_FOLDER": "demo",

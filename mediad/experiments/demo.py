@@ -12,14 +12,18 @@ from mediad.data.records import LABEL_DEFINING_FIELDS
 from mediad.data.simulate import SIMULATOR_VERSION, SimulationConfig, simulate_cohort
 from mediad.engine import TrainConfig, load_checkpoint, train
 from mediad.errors import MediADError
+from mediad.io import atomic_write_text
 from mediad.paths import data_dir
 
 __all__ = [
+    "CALIBRATION_REPORT",
     "DEMO_COHORT",
     "DEMO_CONFIG",
     "DEMO_SHIFTED",
     "LABEL_BLIND",
     "LABEL_BLIND_FOLDER",
+    "REFERENCE_CALIBRATION",
+    "REFERENCE_CALIBRATION_FOLDER",
     "REFERENCE_COHORT",
     "REFERENCE_CONFIG",
     "REFERENCE_FOLDER",
@@ -52,6 +56,17 @@ REFERENCE_CONFIG = Path(__file__).parents[1] / "configs" / "reference.yaml"
 REFERENCE_COHORT = DEMO_COHORT.model_copy(update={"n_subjects": 600, "seed": 3030,
                                                    "subject_offset": 20000})
 REFERENCE_FOLDER = "reference-model"
+
+#: Where the reference model's temperatures are fitted after training (as ``mediad
+#: calibrate`` fits them): 200 new subjects drawn as its cohort, ids disjoint from every
+#: other demo cohort. Its 90 validation subjects had fitted the record-only temperature at
+#: 1.75 where 400 new subjects call for 1.21 (ECE 0.052 against 0.024); fitted on 100 of
+#: those, the record-only ECE was at most 0.05 in 94 % of 200 resampled fits.
+REFERENCE_CALIBRATION = REFERENCE_COHORT.model_copy(update={"n_subjects": 200, "seed": 3131,
+                                                          "subject_offset": 23000})
+REFERENCE_CALIBRATION_FOLDER = "reference-calibration-cohort"
+#: Beside a recalibrated demo model: what the recalibration did, and on which cohort.
+CALIBRATION_REPORT = "calibration.json"
 
 
 def _cohort(shifted: bool, reference: bool) -> tuple[str, SimulationConfig]:
@@ -152,6 +167,8 @@ def ensure_demo_model(root: Path | None = None, show_progress: bool = True,
             load_checkpoint(best)
             stamp = json.loads((folder / "source.json").read_text(encoding="utf-8"))
             if stamp.get("cohort") == source:
+                if reference:  # trained; its recalibration may not have finished
+                    _recalibrate_reference(root, best, config.data.workers)
                 return best, False
         except (MediADError, OSError, ValueError):
             pass
@@ -162,4 +179,26 @@ def ensure_demo_model(root: Path | None = None, show_progress: bool = True,
     else:
         train(config, folder, show_progress=show_progress)
     (folder / "source.json").write_text(json.dumps({"cohort": source}), encoding="utf-8")
+    if reference:
+        _recalibrate_reference(root, best, config.data.workers)
     return best, True
+
+
+def _recalibrate_reference(root: Path, best: Path, workers: int) -> None:
+    """Refit the reference model's temperatures on its calibration cohort, once per
+    cohort: the report beside the model names the cohort it was fitted on."""
+    from mediad.engine.recalibrate import recalibrate
+
+    report = best.parent / CALIBRATION_REPORT
+    folder = root / REFERENCE_CALIBRATION_FOLDER
+    if not _same_cohort(folder, REFERENCE_CALIBRATION):
+        simulate_cohort(REFERENCE_CALIBRATION, folder, overwrite=True)
+    cohort = hashlib.sha256((folder / "dataset_card.json").read_bytes()).hexdigest()
+    try:
+        if json.loads(report.read_text(encoding="utf-8")).get("cohort") == cohort:
+            return
+    except (OSError, ValueError):
+        pass
+    result = recalibrate(best, folder / "manifest.csv", best, workers=workers)
+    atomic_write_text(report, json.dumps({"cohort": cohort, **result.model_dump(mode="json")},
+                                         indent=2))

@@ -383,6 +383,28 @@ def test_model_card_warns_of_a_temperature_at_its_bound(app_env: Path) -> None:
         assert len(bound) == 1 and "MRI only temperature" in bound[0]
 
 
+def test_model_card_of_a_recalibrated_model(app_env: Path) -> None:
+    """demo model (its test split's ECE shown) -> a copy recalibrated on another cohort: the
+    card says where its temperatures come from and drops the training run's test ECE,
+    which belonged to the temperatures it replaced."""
+    at = page("model_card")
+    table = next(d.value for d in at.dataframe if "temperature" in d.value.columns)
+    assert "test ECE after" in table.columns
+    with second_model(app_env, {"mri+record": 0.7, "mri": 0.5, "record": 0.8}) as other:
+        from mediad.engine.checkpoint import load_checkpoint, save_checkpoint
+
+        path = app_env / other / "best.pt"
+        ck = load_checkpoint(path)
+        ck["calibration"]["fitted_on"] = "200 labelled subjects of a recalibration cohort"
+        save_checkpoint(path, ck)
+        at.run()  # the sidebar lists the models found at each run
+        choose_model(at, other)
+        table = next(d.value for d in at.dataframe if "temperature" in d.value.columns)
+        assert "test ECE after" not in table.columns
+        assert table.loc["MRI only", "temperature"] == 0.5
+        assert "fitted on 200 labelled subjects of a recalibration cohort" in texts(at)
+
+
 def test_raw_mri_shows_its_preprocessing_and_the_mni_switch_skips_it(app_env: Path) -> None:
     """raw MRI -> preprocessing view with QC -> tick 'already in MNI space' -> the view goes,
     the same MRI is still in use -> Predict uses it -> untick -> preprocessed again."""

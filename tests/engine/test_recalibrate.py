@@ -1,0 +1,83 @@
+"""Recalibration on a labelled held-out cohort (``mediad calibrate``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import log_softmax
+
+from mediad.data.records import load_manifest
+from mediad.engine.calibration import fit_temperature
+from mediad.engine.predictor import Predictor
+from mediad.engine.recalibrate import MIN_SUBJECTS, recalibrate
+from mediad.errors import LeakageError, MediADError
+
+
+def _nll(log_p: np.ndarray, y: np.ndarray, t: float) -> float:
+    return float(-log_softmax(log_p / t, axis=1)[np.arange(len(y)), y].mean())
+
+
+def test_temperatures_are_refitted_on_the_cohort_and_the_rest_is_kept(
+        tiny_run: Path, in_distribution_cohort: Path, tmp_path: Path) -> None:
+    source = tiny_run / "best.pt"
+    before_bytes = source.read_bytes()
+    out = tmp_path / "recalibrated" / "best.pt"
+    result = recalibrate(source, in_distribution_cohort / "manifest.csv", out,
+                         min_subjects=10)
+    assert source.read_bytes() == before_bytes  # the trained checkpoint is left alone
+    old, new = Predictor(source), Predictor(out)
+    assert set(result.patterns) == {"mri+record", "mri", "record"}
+    # checked independently: the record-only temperature is the NLL fit of the network's
+    # own record-only answers on the labelled subjects
+    rows = [r for r in load_manifest(in_distribution_cohort / "manifest.csv").rows
+            if r.diagnosis in old.classes]
+    y = np.array([old.classes.index(r.diagnosis) for r in rows])
+    log_p = old.run_network([(None, r) for r in rows])["log_p"]
+    expected = fit_temperature(log_p, y)
+    assert new.calibration.temperature["record"] == pytest.approx(expected, rel=1e-3)
+    refit = result.patterns["record"]
+    assert refit.n == len(rows) and refit.new_temperature is not None
+    assert _nll(log_p, y, refit.new_temperature) <= _nll(log_p, y, refit.old_temperature)
+    # only the temperatures change: network, features and thresholds stay as trained
+    assert new.calibration.features == old.calibration.features
+    for name, value in old.model.state_dict().items():
+        assert np.array_equal(value.cpu().numpy(), new.model.state_dict()[name].cpu().numpy())
+    assert "recalibration cohort" in new.calibration.fitted_on
+    assert old.calibration.fitted_on == "validation split"
+    # the new temperatures are what predictions use
+    p = new.predict(None, rows[0])
+    lp = new.calibration.calibrate(new.run_network([(None, rows[0])])["log_p"], ["record"])
+    np.testing.assert_allclose(list(p.probabilities.values()), np.exp(lp[0]), atol=1e-5)
+    # a second refit on the same cohort starts from the same network: same temperatures
+    again = recalibrate(out, in_distribution_cohort / "manifest.csv", out, min_subjects=10)
+    assert {p: r.new_temperature for p, r in again.patterns.items()} == {
+        p: r.new_temperature for p, r in result.patterns.items()}
+
+
+def test_too_few_subjects_keep_their_temperature(tiny_run: Path, in_distribution_cohort: Path,
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "best.pt"
+    result = recalibrate(tiny_run / "best.pt", in_distribution_cohort / "manifest.csv", out)
+    old = Predictor(tiny_run / "best.pt").calibration
+    assert all(r.n < MIN_SUBJECTS for r in result.patterns.values())
+    for pattern, r in result.patterns.items():
+        assert r.new_temperature is None and "fewer than" in r.note
+        assert Predictor(out).calibration.temperature[pattern] == old.temperature[pattern]
+
+
+def test_training_subjects_and_unlabelled_cohorts_are_refused(
+        tiny_run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "best.pt"
+    with pytest.raises(LeakageError, match="were in the model's training data"):
+        recalibrate(tiny_run / "best.pt", tiny_cohort / "manifest.csv", out)
+    unlabelled = tmp_path / "unlabelled.csv"
+    frame = pd.read_csv(tiny_cohort / "manifest.csv", dtype=str, keep_default_na=False)
+    frame["diagnosis"] = ""
+    frame["mri_path"] = [str(tiny_cohort / p) if p else "" for p in frame["mri_path"]]
+    frame.to_csv(unlabelled, index=False)
+    with pytest.raises(MediADError, match="recalibration needs labels"):
+        recalibrate(tiny_run / "best.pt", unlabelled, out)
+    assert not out.exists()  # nothing written for a refused run
