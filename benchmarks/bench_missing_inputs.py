@@ -97,6 +97,15 @@ def score(predictor: Predictor, rows: list[ManifestRow], mri: bool, record: bool
     return y, proba
 
 
+def _fitted_on(predictor: Predictor) -> str:
+    cal = predictor.calibration
+    if cal is None:
+        return "nothing (uncalibrated)"
+    if cal.fitted_on == "validation split":
+        return f"its {cal.n_validation} validation subjects"
+    return cal.fitted_on
+
+
 def _scaled(log_p: np.ndarray, t: float) -> np.ndarray:
     """Probabilities at temperature ``t``, as ``Calibration.calibrate`` computes them."""
     from scipy.special import softmax
@@ -212,9 +221,8 @@ def main() -> None:
     lines += ["", "ECE floor: the ECE that exactly right probabilities would read on the same "
               "subjects (`mediad.metrics.ece_noise_floor`); an ECE near it is no evidence of "
               "miscalibration.", "", *diffs, "", f"Calibration of the {main_name} on the "
-              "fresh cohort: the checkpoint's temperature was fitted on its "
-              f"{demo.calibration.n_validation if demo.calibration else '?'} validation "
-              "subjects; 'best' is fitted on the scored subjects themselves; the resampled "
+              f"fresh cohort: the checkpoint's temperature was fitted on {_fitted_on(demo)}; "
+              "'best' is fitted on the scored subjects themselves; the resampled "
               "rows draw 200 validation splits from the fresh cohort, fit a temperature on "
               "each and read the ECE on the rest (median, and how often it is ≤ 0.05).", "",
               *calibration]
