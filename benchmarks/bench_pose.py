@@ -9,7 +9,7 @@ every scan afresh, so its residual jitter shows there too. The MRI-only answer i
 scored uncalibrated: its temperature (below 1) multiplies the logits, and every change in
 them with them. Needs the demo model (``mediad demo``).
 
-Run: ``python benchmarks/bench_pose.py [--subjects 6] [--poses 4] [--model best.pt]``.
+Run: ``python benchmarks/bench_pose.py [--subjects 15] [--poses 4] [--model best.pt]``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     from tests.engine.test_pose import random_pose
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--subjects", type=int, default=6)
+    parser.add_argument("--subjects", type=int, default=15)
     parser.add_argument("--poses", type=int, default=4)
     parser.add_argument("--model", type=Path, default=None,
                         help="a best.pt (default: the demo model, built when absent)")

@@ -266,3 +266,6 @@ def test_calibrate_prints_each_pattern_and_refuses_training_subjects(
                        tiny_cohort / "manifest.csv", "--out", tmp_path / "other.pt")
     assert code == 2 and "in the model's training data" in output
     assert not (tmp_path / "other.pt").exists()
+    code, output = run("calibrate", "--checkpoint", tiny_run / "best.pt", "--manifest",
+                       in_distribution_cohort / "manifest.csv", "--out", tmp_path)
+    assert code == 2 and "is a folder" in output

@@ -89,6 +89,9 @@ def recalibrate(checkpoint: str | Path, manifest: str | Path, out: str | Path, *
             without enough labelled subjects (named), or unusable files.
         LeakageError: subjects of the cohort were in the training data (unless ``force``).
     """
+    if Path(out).is_dir():  # refused before minutes of scoring, not after
+        raise MediADError(f"--out {out} is a folder; give the checkpoint file to write, "
+                          f"e.g. {Path(out) / 'best.pt'}")
     predictor = Predictor(checkpoint, mni_inputs=mni_inputs)
     if predictor.calibration is None:
         raise MediADError(f"{checkpoint}: this {predictor.config.model.kind} checkpoint has no "
