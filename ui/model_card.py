@@ -95,7 +95,7 @@ if cfg.model.inputs[0] and not cfg.data.augment:
                "model's MRI-only answers are at chance on a cohort whose site-diagnosis "
                "link is reversed, and change between two scans of one brain by up to 0.66 "
                "(README, \"Pose\"); with the record, by at most 0.04. The reference model "
-               "(`mediad demo --reference`, about 7 minutes on 2 cores: 600 subjects, "
+               "(`mediad demo --reference`, about 8 minutes on 2 cores: 600 subjects, "
                "scanner augmentation, 40 epochs) reads the anatomy: from the MRI alone "
                "0.873 balanced accuracy on 383 new subjects, and it lists in the sidebar "
                "once built.")
