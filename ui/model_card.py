@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from mediad.engine.calibration import MIN_FIT_SUBJECTS
 from mediad.errors import MediADError
 from mediad.experiments.demo import LABEL_BLIND_FOLDER, ensure_demo_model
 from ui.common import banner, current_predictor, models_dir, show_error
@@ -58,7 +59,8 @@ if predictor.calibration is not None:
     tested = metrics.get("test_calibrated", {}) if cal.fitted_on == "validation split" else {}
     st.subheader("Calibration per input pattern")
     table = {PATTERN_NAMES.get(p, p): {
-        "temperature": t, "fit ECE before": cal.ece_before.get(p),
+        "temperature": t, "fitted on (subjects)": cal.n_fitted.get(p, cal.n_validation),
+        "fit ECE before": cal.ece_before.get(p),
         "fit ECE after": cal.ece_after.get(p),
         **({"test n": tested[p]["n"], "test balanced accuracy": tested[p]["balanced_accuracy"],
             "test ECE before": tested[p]["ece_before"], "test ECE after": tested[p]["ece_after"]}
@@ -69,6 +71,13 @@ if predictor.calibration is not None:
     st.caption(f"Each temperature was fitted on {where}; the 'fit ECE' columns are read on "
                "those subjects. ECE on a few dozen subjects is noisy (see the Cohort page's "
                "floor).")
+    if rough := cal.roughly_fitted():
+        st.warning(f"Temperatures fitted on fewer than {MIN_FIT_SUBJECTS} subjects ("
+                   + ", ".join(f"{PATTERN_NAMES.get(p, p)}: {n}" for p, n in rough.items())
+                   + ") are rough (the demo model's both-input temperature, fitted on 22 "
+                   "subjects drawn from 400 new ones, ranged from about 0.2 to 0.8), and "
+                   "answers with these inputs say so. `mediad calibrate` refits them on a "
+                   "labelled cohort of your own.")
     for p in cal.at_bound():
         st.warning(f"The {PATTERN_NAMES.get(p, p)} temperature sits at a bound of its search "
                    f"({cal.temperature[p]:g}): the subjects it was fitted on could not pin it "

@@ -17,6 +17,7 @@ _HOMES = {
     "OCCLUSION_MASK": "explain",
     "OptimConfig": "config",
     "MAX_TEMPERATURE": "calibration",
+    "MIN_FIT_SUBJECTS": "calibration",
     "MIN_SUBJECTS": "recalibrate",
     "MIN_TEMPERATURE": "calibration",
     "PATTERNS": "calibration",

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "MAX_TEMPERATURE",
+    "MIN_FIT_SUBJECTS",
     "MIN_TEMPERATURE",
     "PATTERNS",
     "Calibration",
@@ -82,6 +83,10 @@ def restrict_inputs(batch: dict[str, torch.Tensor], pattern: InputPattern
 MIN_TEMPERATURE = 0.1
 #: No softening beyond this: at 20 every answer is about uniform (the input carries nothing).
 MAX_TEMPERATURE = 20.0
+#: A temperature fitted on fewer labelled subjects than this is a rough one: 22 subjects
+#: fitted the demo model's both-input temperature anywhere from 0.18 to 0.78 (10th-90th
+#: percentile over resampled splits of 400 new subjects), 100 from 0.41 to 0.64.
+MIN_FIT_SUBJECTS = 50
 
 
 def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
@@ -140,6 +145,9 @@ class Calibration(BaseModel):
     ece_before: dict[str, float] = Field(default_factory=dict)
     ece_after: dict[str, float] = Field(default_factory=dict)
     n_validation: int = 0
+    n_fitted: dict[str, int] = Field(default_factory=dict, description="Labelled subjects "
+                                     "each pattern's temperature was fitted on (checkpoints "
+                                     "without it: ``n_validation``).")
     fitted_on: str = Field("validation split", description="Where the temperatures were "
                            "fitted: the validation split after training, or a "
                            "recalibration cohort (``mediad calibrate``).")
@@ -152,6 +160,12 @@ class Calibration(BaseModel):
         return [p for p, t in self.temperature.items()
                 if min(abs(np.log(t / MIN_TEMPERATURE)), abs(np.log(t / MAX_TEMPERATURE)))
                 < 0.01]
+
+    def roughly_fitted(self) -> dict[str, int]:
+        """The patterns whose temperature was fitted on fewer than ``MIN_FIT_SUBJECTS``
+        subjects, with how many: their probabilities are rough estimates."""
+        return {p: n for p in self.temperature
+                if (n := self.n_fitted.get(p, self.n_validation)) < MIN_FIT_SUBJECTS}
 
     def calibrate(self, log_probs: np.ndarray, patterns: Sequence[str]) -> np.ndarray:
         """Log-probabilities divided by each row's pattern temperature, renormalised."""
@@ -186,7 +200,7 @@ def fit_calibration(per_pattern: dict[str, dict[str, Any]]) -> Calibration:
         t = fit_temperature(lp, y)
         cal.temperature[pattern] = round(t, 4)
         if keep.sum():
-            cal.n_validation = int(keep.sum())
+            cal.n_validation = cal.n_fitted[pattern] = int(keep.sum())
             cal.ece_before[pattern] = round(expected_calibration_error(
                 y[keep], softmax(lp[keep], axis=1)), 4)
             cal.ece_after[pattern] = round(expected_calibration_error(

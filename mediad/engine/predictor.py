@@ -307,10 +307,16 @@ class Predictor:
                          f"{ood[1]:.1f}, {OOD_MARGIN:g} x the validation "
                          f"{OOD_PERCENTILE:g}th percentile, for {pattern} inputs)")
         caveats = [TEXTURE_CAVEAT] if pattern == "mri" and not self.config.data.augment else []
+        rough = self.calibration.roughly_fitted() if self.calibration is not None else {}
         if self.calibration is not None and pattern in self.calibration.at_bound():
             caveats.append(f"the temperature for {pattern} inputs sits at a bound of its "
-                           "search: the subjects it was fitted on could not pin it down, so this "
-                           "probability deserves less trust")
+                           "search: the subjects it was fitted on could not pin it down, so "
+                           "this probability deserves less trust")
+        elif pattern in rough:
+            caveats.append(f"the temperature for {pattern} inputs was fitted on only "
+                           f"{rough[pattern]} subjects, too few to pin it down: read this "
+                           "probability as a rough estimate (`mediad calibrate` refits it on "
+                           "a labelled cohort of your own)")
         uncertainty = uncertainty_statement(float(probs.max()), flags,
                                             self.calibration is not None, pattern, caveats)
         return Prediction(

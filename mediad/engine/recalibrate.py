@@ -20,7 +20,12 @@ import numpy as np
 from pydantic import BaseModel
 
 from mediad.data.records import ManifestRow, load_manifest
-from mediad.engine.calibration import Calibration, fit_temperature, model_patterns
+from mediad.engine.calibration import (
+    MIN_FIT_SUBJECTS,
+    Calibration,
+    fit_temperature,
+    model_patterns,
+)
 from mediad.engine.checkpoint import overlapping_subjects, save_checkpoint
 from mediad.engine.predictor import Predictor
 from mediad.errors import LeakageError, MediADError
@@ -29,9 +34,8 @@ from mediad.io import file_sha256
 __all__ = ["MIN_SUBJECTS", "PatternRefit", "Recalibration", "recalibrate"]
 
 #: Fewer labelled subjects per input pattern than this, and the pattern keeps the
-#: temperature it had: 22 validation subjects fitted the demo's from 0.18 to 0.78 (10th to
-#: 90th percentile over resampled splits), which is no better than the validation split.
-MIN_SUBJECTS = 50
+#: temperature it had: so few fit one no better than the validation split did.
+MIN_SUBJECTS = MIN_FIT_SUBJECTS
 
 
 class PatternRefit(BaseModel):
@@ -196,6 +200,7 @@ def _refit(pattern: str, y: np.ndarray, log_p: np.ndarray, old: Calibration,
     else:
         t_new = round(fit_temperature(log_p, y), 4)
         new.temperature[pattern] = t_new
+        new.n_fitted[pattern] = len(y)
         new.ece_before[pattern] = ece(1.0) or 0.0
         new.ece_after[pattern] = ece(t_new) or 0.0
     return PatternRefit(n=len(y), old_temperature=t_old, new_temperature=t_new,

@@ -40,6 +40,9 @@ def test_temperatures_are_refitted_on_the_cohort_and_the_rest_is_kept(
     assert new.calibration.temperature["record"] == pytest.approx(expected, rel=1e-3)
     refit = result.patterns["record"]
     assert refit.n == len(rows) and refit.new_temperature is not None
+    # 20 subjects are still few: answers keep saying their probability is rough
+    assert new.calibration.n_fitted["record"] == len(rows)
+    assert new.calibration.roughly_fitted()["record"] == len(rows)
     assert _nll(log_p, y, refit.new_temperature) <= _nll(log_p, y, refit.old_temperature)
     # only the temperatures change: network, features and thresholds stay as trained
     assert new.calibration.features == old.calibration.features

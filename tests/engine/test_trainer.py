@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mediad.data.records import load_manifest
-from mediad.engine.calibration import MIN_TEMPERATURE
+from mediad.engine.calibration import MIN_FIT_SUBJECTS, MIN_TEMPERATURE
 from mediad.engine.checkpoint import load_checkpoint
 from mediad.engine.config import TrainConfig
 from mediad.engine.predictor import TEXTURE_CAVEAT, Predictor
@@ -94,6 +94,14 @@ def test_missing_modalities_still_predict(run: Path, tiny_cohort: Path) -> None:
     # (temperatures set off their bounds first: the tiny model's may sit on one)
     assert predictor.calibration is not None
     predictor.calibration.temperature = dict.fromkeys(predictor.calibration.temperature, 1.0)
+    # the tiny model's temperatures come from a handful of validation subjects: every
+    # answer says its probability is rough, naming how many
+    n_val = predictor.calibration.n_fitted["record"]
+    assert 0 < n_val < MIN_FIT_SUBJECTS
+    rough = predictor.predict(None, row).caveats
+    assert len(rough) == 1 and f"fitted on only {n_val} subjects" in rough[0]
+    assert "mind its 1 caveat" in predictor.predict(None, row).uncertainty
+    predictor.calibration.n_fitted = dict.fromkeys(predictor.calibration.temperature, 200)
     assert predictor.predict(row.mri_path, None).caveats == [TEXTURE_CAVEAT]
     assert predictor.predict(row.mri_path, row).caveats == []
     assert predictor.predict(None, row).caveats == []

@@ -359,6 +359,9 @@ def test_model_card(app_env: Path) -> None:
     assert "Calibration per input pattern" in shown
     table = next(d.value for d in at.dataframe if "temperature" in d.value.columns)
     assert set(table.index) == {"MRI and record", "MRI only", "record only"}
+    # fitted on the demo's few validation subjects: the card says the temperatures are rough
+    assert (table["fitted on (subjects)"] < 50).all()
+    assert any("are rough" in w.value for w in at.warning)
 
 
 def test_model_card_warns_of_a_temperature_at_its_bound(app_env: Path) -> None:
@@ -396,6 +399,7 @@ def test_model_card_of_a_recalibrated_model(app_env: Path) -> None:
         path = app_env / other / "best.pt"
         ck = load_checkpoint(path)
         ck["calibration"]["fitted_on"] = "200 labelled subjects of a recalibration cohort"
+        ck["calibration"]["n_fitted"] = {"mri+record": 190, "mri": 190, "record": 200}
         save_checkpoint(path, ck)
         at.run()  # the sidebar lists the models found at each run
         choose_model(at, other)
@@ -403,6 +407,8 @@ def test_model_card_of_a_recalibrated_model(app_env: Path) -> None:
         assert "test ECE after" not in table.columns
         assert table.loc["MRI only", "temperature"] == 0.5
         assert "fitted on 200 labelled subjects of a recalibration cohort" in texts(at)
+        assert list(table["fitted on (subjects)"]) == [190, 190, 200]
+        assert not any("are rough" in w.value for w in at.warning)
 
 
 def test_raw_mri_shows_its_preprocessing_and_the_mni_switch_skips_it(app_env: Path) -> None:
