@@ -254,7 +254,8 @@ def _fixed(spacing: float) -> tuple[Any, Any]:
 
 def register_to_template(brain: nib.Nifti1Image, config: PreprocessConfig | None = None
                          ) -> tuple[nib.Nifti1Image, float, float]:
-    """Affine registration of a brain to the MNI152 brain (mutual information, two levels).
+    """Affine registration of a brain to the MNI152 brain (mutual information, two levels),
+    on one ITK thread throughout.
 
     Returns:
         ``(the brain resampled on the template grid, similarity to the template, Dice
@@ -262,7 +263,24 @@ def register_to_template(brain: nib.Nifti1Image, config: PreprocessConfig | None
     """
     import SimpleITK as sitk
 
-    c = config or PreprocessConfig()
+    # The metric, its sampling and the pyramid add up sums in the order threads finish:
+    # with ITK's default threads, one file registered twice in one process differed by up
+    # to 0.68 (brain intensities about 1800; 0.017 with every voxel sampled). Tiny, but the
+    # app (in-process) and `mediad preprocess --workers` (one-thread workers) gave one T1
+    # different inputs, and the tests' MRI-only model trained differently from run to run
+    # (a full test run in about six failed its pose test). On one thread the result is bit
+    # for bit the same: 0.19 s a volume against 0.13-0.20 s (10 simulated brains, 2 cores,
+    # in-process; workers already ran on one thread).
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        return _register(sitk, brain, config or PreprocessConfig())
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _register(sitk: Any, brain: nib.Nifti1Image, c: PreprocessConfig
+              ) -> tuple[nib.Nifti1Image, float, float]:
     template, template_mask = _template(c.output_spacing)
     reference = _to_sitk(template)
     # the metric is computed on a coarse grid (both images smoothed and shrunk to it); only
@@ -270,12 +288,6 @@ def register_to_template(brain: nib.Nifti1Image, config: PreprocessConfig | None
     fixed, fixed_mask = _fixed(c.registration_spacing)
     full = _to_sitk(brain)
     moving = _coarse(full, c.registration_spacing)
-    # The initializer's moments and the metric are sums that threads add up in the order
-    # they finish: on 2 threads, 1 fresh process in 10 registered the same file differently
-    # in the last bits (which CI caught as a pooled-vs-in-process mismatch); on one thread,
-    # 46 in 46 agreed, at no measurable cost (0.41-0.49 s a volume either way). Smoothing and
-    # the final resampling stay multi-threaded. CI still saw a last-bit difference once
-    # in a multi-threaded caller; one-thread workers agree bit for bit.
     initializer = sitk.CenteredTransformInitializerFilter()
     initializer.MomentsOn()
     initializer.SetNumberOfThreads(1)
