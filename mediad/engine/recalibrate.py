@@ -159,6 +159,11 @@ def _score(predictor: Predictor, rows: list[ManifestRow], patterns: tuple[str, .
         ys, log_ps = [], []
         for start in range(0, len(chunk_items), batch_size):
             chunk = [c for c in chunk_items[start:start + batch_size] if c[0] not in unusable]
+            done += 1
+            if progress:
+                progress(done, total)
+            if not chunk:  # every MRI of it already found unusable
+                continue
             try:
                 log_ps.append(predictor.run_network([(m, r) for m, r, _ in chunk])["log_p"])
                 ys += [y for *_, y in chunk]
@@ -169,9 +174,6 @@ def _score(predictor: Predictor, rows: list[ManifestRow], patterns: tuple[str, .
                         ys.append(y)
                     except MediADError:
                         unusable.add(m)
-            done += 1
-            if progress:
-                progress(done, total)
         out[pattern] = (np.array(ys, dtype=int),
                         np.concatenate(log_ps) if log_ps else np.zeros((0, len(
                             predictor.classes))))

@@ -84,3 +84,21 @@ def test_training_subjects_and_unlabelled_cohorts_are_refused(
     with pytest.raises(MediADError, match="recalibration needs labels"):
         recalibrate(tiny_run / "best.pt", unlabelled, out)
     assert not out.exists()  # nothing written for a refused run
+
+
+def test_an_unusable_mri_is_counted_and_its_subject_kept_for_the_record(
+        tiny_run: Path, in_distribution_cohort: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(in_distribution_cohort / "manifest.csv", dtype=str,
+                        keep_default_na=False)
+    frame["mri_path"] = [str(in_distribution_cohort / p) if p else "" for p in frame["mri_path"]]
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a NIfTI file at all")
+    first = frame.index[frame["mri_path"] != ""][0]
+    frame.loc[first, "mri_path"] = str(broken)
+    frame.to_csv(tmp_path / "manifest.csv", index=False)
+    n_mri = int((frame["mri_path"] != "").sum())
+    result = recalibrate(tiny_run / "best.pt", tmp_path / "manifest.csv", tmp_path / "best.pt",
+                         batch_size=1)
+    assert result.skipped_mri == 1
+    assert result.patterns["mri+record"].n == result.patterns["mri"].n == n_mri - 1
+    assert result.patterns["record"].n == len(frame)
