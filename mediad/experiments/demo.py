@@ -167,12 +167,15 @@ def ensure_demo_model(root: Path | None = None, show_progress: bool = True,
         try:
             load_checkpoint(best)
             stamp = json.loads((folder / "source.json").read_text(encoding="utf-8"))
-            if stamp.get("cohort") == source:
-                if reference:  # trained; its recalibration may not have finished
-                    _recalibrate_reference(root, best, config.data.workers)
-                return best, False
+            current = stamp.get("cohort") == source
         except (MediADError, OSError, ValueError):
-            pass
+            current = False
+        if current:
+            # trained; its recalibration may not have finished (an error there must not
+            # cost the trained model, so it runs outside the check above)
+            if reference:
+                _recalibrate_reference(root, best, config.data.workers)
+            return best, False
         shutil.rmtree(folder)  # an older version, or another cohort or recipe: rebuild
     if folder.exists():  # an interrupted earlier build: resume it
         train(config, folder, resume=(folder / "last.pt").is_file(),
