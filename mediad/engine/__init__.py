@@ -54,6 +54,7 @@ _HOMES = {
     "prepare_images": "samples",
     "probability_text": "predictor",
     "recalibrate": "recalibrate",
+    "refuse_training_subjects": "checkpoint",
     "restrict_inputs": "calibration",
     "saliency": "explain",
     "selection_score": "trainer",

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mediad.errors import MediADError
+from mediad.errors import LeakageError, MediADError
 from mediad.io import atomic_path
 from mediad.networks.models import ARCHITECTURE
 
@@ -24,6 +24,7 @@ __all__ = [
     "load_checkpoint",
     "new_salt",
     "overlapping_subjects",
+    "refuse_training_subjects",
     "save_checkpoint",
 ]
 
@@ -44,6 +45,30 @@ def overlapping_subjects(checkpoint: dict[str, Any], subjects: Iterable[str]) ->
     salt = checkpoint.get("subject_salt", "")
     known = set(checkpoint.get("train_subject_hashes", []))
     return sorted({s for s in subjects if hash_subjects([s], salt)[0] in known})
+
+
+def refuse_training_subjects(checkpoint: dict[str, Any], subjects: Iterable[str],
+                             what: str, advice: str, force: bool = False) -> int:
+    """How many of ``subjects`` the checkpoint was trained on; any at all is refused
+    unless ``force``. The message says how many, never which: it must not confirm who was
+    in the training data.
+
+    Args:
+        checkpoint: a loaded checkpoint.
+        subjects: the cohort's subject ids.
+        what: the cohort as the message names it, e.g. "subjects of manifest.csv".
+        advice: the rest of the message (why it matters, what to do instead).
+        force: count them, but do not refuse.
+
+    Raises:
+        LeakageError: some subjects were in the training data, and not ``force``.
+    """
+    ids = set(subjects)
+    seen = overlapping_subjects(checkpoint, ids)
+    if seen and not force:
+        raise LeakageError(f"{len(seen)} of the {len(ids)} {what} were in the model's "
+                           f"training data{advice}")
+    return len(seen)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -26,9 +26,9 @@ from mediad.engine.calibration import (
     fit_temperature,
     model_patterns,
 )
-from mediad.engine.checkpoint import overlapping_subjects, save_checkpoint
+from mediad.engine.checkpoint import refuse_training_subjects, save_checkpoint
 from mediad.engine.predictor import Predictor
-from mediad.errors import LeakageError, MediADError
+from mediad.errors import MediADError
 from mediad.io import file_sha256
 
 __all__ = ["MIN_SUBJECTS", "PatternRefit", "Recalibration", "recalibrate"]
@@ -106,12 +106,11 @@ def recalibrate(checkpoint: str | Path, manifest: str | Path, out: str | Path, *
     if not rows:
         raise MediADError(f"{manifest}: no subject has a diagnosis among "
                           f"{', '.join(predictor.classes)}; recalibration needs labels")
-    seen = overlapping_subjects(predictor.ck, {r.subject_id for r in rows})
-    if seen and not force:
-        raise LeakageError(f"{len(seen)} of the {len(rows)} labelled subjects of "
-                           f"{Path(manifest).name} were in the model's training data: their "
-                           "answers are over-confident, and a temperature fitted on them "
-                           "would be too. Use held-out subjects, or pass --force.")
+    refuse_training_subjects(
+        predictor.ck, (r.subject_id for r in rows),
+        f"labelled subjects of {Path(manifest).name}", ": their answers are over-confident, "
+        "and a temperature fitted on them would be too. Use held-out subjects, or pass "
+        "--force.", force)
     patterns = model_patterns(predictor.use_image,
                               predictor.use_text or predictor.config.model.use_tabular)
     predictor.prepare([r.mri_path for r in rows if r.mri_path], workers)

@@ -26,9 +26,9 @@ import pandas as pd
 
 from mediad import RESEARCH_NOTICE
 from mediad.data.records import DIAGNOSES, LABEL_DEFINING_FIELDS, ManifestRow, load_manifest
-from mediad.engine.checkpoint import overlapping_subjects
+from mediad.engine.checkpoint import refuse_training_subjects
 from mediad.engine.predictor import Predictor
-from mediad.errors import ImageError, LeakageError, MediADError
+from mediad.errors import ImageError, MediADError
 from mediad.io import atomic_path, atomic_write_text, complete_lines, file_sha256
 from mediad.metrics import (
     balanced_accuracy,
@@ -159,15 +159,11 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, out_dir: str | Path, 
     table = load_manifest(manifest, base_dir=base_dir, confine=confine)
     rows = table.rows
     warnings: list[str] = []
-    # How many, never which: the message must not confirm who was in the training data.
-    seen = overlapping_subjects(predictor.ck, {r.subject_id for r in rows})
-    if seen and not force:
-        raise LeakageError(f"{len(seen)} of the {len({r.subject_id for r in rows})} subjects "
-                           f"of {Path(manifest).name} were in the model's training data. "
-                           "Evaluate on held-out subjects, or pass --force (the report will "
-                           "say so).")
+    seen = refuse_training_subjects(
+        predictor.ck, (r.subject_id for r in rows), f"subjects of {Path(manifest).name}",
+        ". Evaluate on held-out subjects, or pass --force (the report will say so).", force)
     if seen:
-        warnings.append(f"{len(seen)} subject(s) of this cohort were in the training data "
+        warnings.append(f"{seen} subject(s) of this cohort were in the training data "
                         "(--force): their predictions are optimistic.")
     out.mkdir(parents=True, exist_ok=True)
     _check_stamp(out, _stamp(predictor, Path(manifest), mni_inputs))
