@@ -32,7 +32,6 @@ from monai.transforms import (
     MapTransform,
     Orientationd,
     Resized,
-    ScaleIntensityRangePercentilesd,
     Spacingd,
     SpatialPadd,
     Transform,
@@ -41,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mediad.data.nifti import CheckNiftiFiled, check_nifti_file, check_shape, check_voxels
 from mediad.data.preprocess import PreprocessConfig, Preprocessd
+from mediad.data.transforms import ScalePercentilesd
 from mediad.errors import ImageError
 
 __all__ = [
@@ -144,9 +144,8 @@ def build_transforms(config: ImagingConfig | None = None, keys: Sequence[str] = 
         EnsureChannelFirstd(keys, channel_dim="no_channel"),
         Orientationd(keys, axcodes="RAS", labels=None),
         Spacingd(keys, pixdim=c.spacing, mode="bilinear"),
-        ScaleIntensityRangePercentilesd(keys, lower=c.lower_percentile,
-                                        upper=c.upper_percentile, b_min=0.0, b_max=1.0,
-                                        clip=True),
+        ScalePercentilesd(keys, lower=c.lower_percentile, upper=c.upper_percentile,
+                          b_min=0.0, b_max=1.0, clip=True),
     ]
     if c.preprocess is None or not c.preprocess.registration:
         # inputs of any pose: crop to the head or brain; registered inputs all share the

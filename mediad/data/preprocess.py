@@ -17,7 +17,8 @@ import gzip
 import hashlib
 import json
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "Preprocessd",
     "QCRecord",
     "extract_brain",
+    "fit_registration",
     "looks_extracted",
     "preprocess_file",
     "preprocess_manifest",
@@ -80,6 +82,10 @@ class PreprocessConfig(BaseModel):
     registration_spacing: float = Field(5.0, ge=1.0, le=8.0, description="Grid the "
                                         "registration metric is computed on, mm.")
     iterations: int = Field(80, ge=10, le=2000, description="Optimiser steps per level.")
+    registration_highpass_mm: float = Field(
+        6.0, ge=0.0, le=40.0, description="The registration compares local contrast: each "
+        "brain divided by its own local mean (Gaussian of this sigma, mm), so that a "
+        "scanner's bias field cannot pull the alignment; 0 compares raw intensities.")
     sampling: float = Field(0.25, gt=0.0, le=1.0, description="Share of the template "
                             "brain's voxels the registration metric samples (1: all of "
                             "them, no randomness).")
@@ -237,8 +243,25 @@ def template_brain(spacing: float) -> tuple[nib.Nifti1Image, np.ndarray]:
     return _template(spacing)
 
 
+def _local_contrast(image: Any, sigma: float) -> Any:
+    """A brain divided by its own local mean inside the brain (normalised convolution, so
+    the brain's edge does not darken it): the slow bias field of a scanner's receive coil
+    divides out, the tissue contrast stays."""
+    import SimpleITK as sitk
+
+    inside = sitk.Cast(image > 0, sitk.sitkFloat32)
+    data = sitk.GetArrayFromImage(image)  # copies: a view dies with a temporary image
+    mean = (sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, sigma))
+            / np.maximum(sitk.GetArrayFromImage(
+                sitk.SmoothingRecursiveGaussian(inside, sigma)), 1e-3))
+    out = sitk.GetImageFromArray(np.where(data > 0, data / np.maximum(mean, 1e-6), 0.0)
+                                 .astype(np.float32))
+    out.CopyInformation(image)
+    return out
+
+
 @lru_cache(maxsize=4)
-def _fixed(spacing: float) -> tuple[Any, Any]:
+def _fixed(spacing: float, highpass: float = 0.0) -> tuple[Any, Any]:
     """The template brain as the registration metric sees it (smoothed, on its grid), and
     where the metric looks: the brain, one voxel wider. Samples drawn from the empty box
     around it carry no information; with them, the coarse grid's metric was so noisy that a
@@ -249,45 +272,84 @@ def _fixed(spacing: float) -> tuple[Any, Any]:
     fixed = _coarse(_to_sitk(_template(spacing)[0]), spacing)
     inside = sitk.Cast(fixed > 1e-3 * float(sitk.GetArrayViewFromImage(fixed).max()),
                        sitk.sitkUInt8)
+    if highpass > 0:  # the same contrast as the moving brain's, from the 2 mm template
+        fixed = _coarse(_local_contrast(_to_sitk(_template(2.0)[0]), highpass), spacing)
     return fixed, sitk.BinaryDilate(inside, [1, 1, 1])
+
+
+@contextmanager
+def _one_itk_thread() -> Iterator[Any]:
+    """SimpleITK on one thread for the duration, then the caller's setting again.
+
+    The metric, its sampling and the pyramid add up sums in the order threads finish: with
+    ITK's default threads, one file registered twice in one process differed by up to 0.68
+    (brain intensities about 1800; 0.017 with every voxel sampled). Tiny, but the app
+    (in-process) and `mediad preprocess --workers` (one-thread workers) gave one T1
+    different inputs, and the tests' MRI-only model trained differently from run to run (a
+    full test run in about six failed its pose test). On one thread the result is bit for
+    bit the same: 0.19 s a volume against 0.13-0.20 s (10 simulated brains, 2 cores,
+    in-process; workers already ran on one thread).
+    """
+    import SimpleITK as sitk
+
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield sitk
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def fit_registration(brain: nib.Nifti1Image, config: PreprocessConfig | None = None) -> Any:
+    """The affine map from the MNI152 brain to a brain (mutual information on local
+    contrast, two levels, one ITK thread).
+
+    Returns:
+        A SimpleITK transform from template to brain, in SimpleITK's LPS millimetres.
+    """
+    with _one_itk_thread() as sitk:
+        return _fit(sitk, _to_sitk(brain), config or PreprocessConfig())
 
 
 def register_to_template(brain: nib.Nifti1Image, config: PreprocessConfig | None = None
                          ) -> tuple[nib.Nifti1Image, float, float]:
-    """Affine registration of a brain to the MNI152 brain (mutual information, two levels),
-    on one ITK thread throughout.
+    """Affine registration of a brain to the MNI152 brain (:func:`fit_registration`), and
+    the brain resampled once, from full resolution, onto the template's grid.
 
     Returns:
         ``(the brain resampled on the template grid, similarity to the template, Dice
         overlap with the template's brain mask)``.
     """
-    import SimpleITK as sitk
-
-    # The metric, its sampling and the pyramid add up sums in the order threads finish:
-    # with ITK's default threads, one file registered twice in one process differed by up
-    # to 0.68 (brain intensities about 1800; 0.017 with every voxel sampled). Tiny, but the
-    # app (in-process) and `mediad preprocess --workers` (one-thread workers) gave one T1
-    # different inputs, and the tests' MRI-only model trained differently from run to run
-    # (a full test run in about six failed its pose test). On one thread the result is bit
-    # for bit the same: 0.19 s a volume against 0.13-0.20 s (10 simulated brains, 2 cores,
-    # in-process; workers already ran on one thread).
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        return _register(sitk, brain, config or PreprocessConfig())
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-
-
-def _register(sitk: Any, brain: nib.Nifti1Image, c: PreprocessConfig
-              ) -> tuple[nib.Nifti1Image, float, float]:
+    c = config or PreprocessConfig()
     template, template_mask = _template(c.output_spacing)
-    reference = _to_sitk(template)
+    with _one_itk_thread() as sitk:
+        full = _to_sitk(brain)
+        transform = _fit(sitk, full, c)
+        warped = sitk.Resample(full, _to_sitk(template), transform, sitk.sitkLinear, 0.0,
+                               sitk.sitkFloat32)
+    data = _from_sitk(warped)
+    a, b = data[template_mask], np.asarray(template.dataobj)[template_mask]
+    similarity = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 else 0.0
+    brain = data > 0.05 * float(data.max()) if data.max() > 0 else data > 0
+    overlap = float(2 * (brain & template_mask).sum() / max(1, brain.sum()
+                                                              + template_mask.sum()))
+    # One outline for every brain: the template's. Extraction masks differ at the edge from
+    # tool to tool and pose to pose (and a site's own mask is a site signature); inside the
+    # template's brain, what remains is the subject's anatomy.
+    return nib.Nifti1Image(data * template_mask, template.affine), similarity, overlap
+
+
+def _fit(sitk: Any, full: Any, c: PreprocessConfig) -> Any:
     # the metric is computed on a coarse grid (both images smoothed and shrunk to it); only
     # the final resampling uses the full-resolution brain
-    fixed, fixed_mask = _fixed(c.registration_spacing)
-    full = _to_sitk(brain)
-    moving = _coarse(full, c.registration_spacing)
+    fixed, fixed_mask = _fixed(c.registration_spacing, c.registration_highpass_mm)
+    # Raw intensities let a bias field pull the alignment: rescans of one unmoved brain
+    # (new noise, bias and contrast draws) landed 1.3 mm RMS apart (up to 3.2 mm) at the
+    # demo's settings; compared on local contrast (sigma 6 mm) 0.10 mm (up to 0.22), and
+    # moved copies 0.28 mm from where they should be against 0.63 (5 simulated subjects x
+    # 4, same cost; docs/design.md).
+    moving = _coarse(_local_contrast(full, c.registration_highpass_mm)
+                     if c.registration_highpass_mm > 0 else full, c.registration_spacing)
     initializer = sitk.CenteredTransformInitializerFilter()
     initializer.MomentsOn()
     initializer.SetNumberOfThreads(1)
@@ -312,18 +374,7 @@ def _register(sitk: Any, brain: nib.Nifti1Image, c: PreprocessConfig
     reg.SetSmoothingSigmasPerLevel([2.0 * c.registration_spacing, 0.0])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(initial, inPlace=False)
-    transform = reg.Execute(fixed, moving)
-    warped = sitk.Resample(full, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    data = _from_sitk(warped)
-    a, b = data[template_mask], np.asarray(template.dataobj)[template_mask]
-    similarity = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 else 0.0
-    brain = data > 0.05 * float(data.max()) if data.max() > 0 else data > 0
-    overlap = float(2 * (brain & template_mask).sum() / max(1, brain.sum()
-                                                              + template_mask.sum()))
-    # One outline for every brain: the template's. Extraction masks differ at the edge from
-    # tool to tool and pose to pose (and a site's own mask is a site signature); inside the
-    # template's brain, what remains is the subject's anatomy.
-    return nib.Nifti1Image(data * template_mask, template.affine), similarity, overlap
+    return reg.Execute(fixed, moving)
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,10 +5,46 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
-from monai.transforms import Compose, MapTransform
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    ScaleIntensityRange,
+    ScaleIntensityRangePercentiles,
+    ScaleIntensityRangePercentilesd,
+)
+from monai.utils import convert_to_tensor
 
-__all__ = ["MaybeImaged", "scanner_augmentation"]
+__all__ = ["MaybeImaged", "ScalePercentiles", "ScalePercentilesd", "scanner_augmentation"]
+
+
+class ScalePercentiles(ScaleIntensityRangePercentiles):
+    """MONAI's percentile scaling, with the percentiles taken by numpy.
+
+    For a tensor under a million voxels MONAI takes ``torch.quantile``, which sorts: 15 ms
+    of a 48³ scanner augmentation's 18 ms per sample (numpy's selection: 0.7 ms, the same
+    linear interpolation), i.e. most of a training epoch's time with augmentation on.
+    """
+
+    def _normalize(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if self.relative:
+            return super()._normalize(img)
+        values = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img
+        a_min, a_max = (float(v) for v in np.percentile(values, [self.lower, self.upper]))
+        scaled = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=self.b_min,
+                                     b_max=self.b_max, clip=self.clip, dtype=self.dtype)(img)
+        return convert_to_tensor(scaled, track_meta=False)
+
+
+class ScalePercentilesd(ScaleIntensityRangePercentilesd):
+    """Dictionary version of :class:`ScalePercentiles`."""
+
+    def __init__(self, keys: KeysCollection, lower: float, upper: float,
+                 b_min: float | None, b_max: float | None, clip: bool = False) -> None:
+        super().__init__(keys, lower, upper, b_min, b_max, clip)
+        self.scaler = ScalePercentiles(lower, upper, b_min, b_max, clip)
 
 
 class MaybeImaged(MapTransform):
@@ -56,7 +92,6 @@ def scanner_augmentation(key: str = "image", lower_percentile: float = 0.5,
         RandGaussianNoised,
         RandGaussianSmoothd,
         RandSimulateLowResolutiond,
-        ScaleIntensityRangePercentilesd,
     )
 
     return Compose([
@@ -68,8 +103,8 @@ def scanner_augmentation(key: str = "image", lower_percentile: float = 0.5,
         RandBiasFieldd(key, prob=0.6, coeff_range=(0.0, 0.45)),
         RandGaussianNoised(key, prob=0.6, std=0.05),
         _MarkBackground(key, restore=True),
-        ScaleIntensityRangePercentilesd(key, lower=lower_percentile, upper=upper_percentile,
-                                        b_min=0.0, b_max=1.0, clip=True),
+        ScalePercentilesd(key, lower=lower_percentile, upper=upper_percentile, b_min=0.0,
+                          b_max=1.0, clip=True),
     ])
 
 

@@ -100,6 +100,8 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]
                           "with `mediad train`")
     imaging = ck["config"].get("data", {}).setdefault("imaging", {})
     imaging.setdefault("preprocess", None)  # trained before preprocessing existed: raw input
+    if imaging["preprocess"] is not None:  # registered on raw intensities: as trained
+        imaging["preprocess"].setdefault("registration_highpass_mm", 0.0)
     # calibrated before shift averaging existed: predict as it was calibrated
     ck["config"]["model"].setdefault("shift_average", 0)
     have = ck["config"]["model"]["task"]

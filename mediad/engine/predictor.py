@@ -19,7 +19,14 @@ from mediad.data.imaging import build_transforms, load_volume
 from mediad.data.preprocess import PreprocessResult, preprocess_file, preprocess_paths
 from mediad.data.quality import TissueContrast, t1_contrast, tissue_maps
 from mediad.data.records import LABEL_DEFINING_FIELDS, ClinicalRecord
-from mediad.engine.calibration import OOD_MARGIN, OOD_PERCENTILE, Calibration, input_pattern
+from mediad.engine.calibration import (
+    OOD_MARGIN,
+    OOD_PERCENTILE,
+    Calibration,
+    InputPattern,
+    input_pattern,
+    restrict_inputs,
+)
 from mediad.engine.checkpoint import load_checkpoint
 from mediad.engine.config import TrainConfig, cache_root
 from mediad.engine.samples import build_samples, make_summarizer
@@ -229,10 +236,17 @@ class Predictor:
             raise MediADError("the tabular baseline has no learned features")
         return self.run_network(items)["readout"]
 
-    def run_network(self, items: list[tuple[Any, ClinicalRecord | None]]) -> dict[str, Any]:
+    def run_network(self, items: list[tuple[Any, ClinicalRecord | None]],
+                    patterns: Sequence[InputPattern] = ()) -> dict[str, Any]:
         """The network's own output, before calibration and flags: per item whether the MRI
         was used, the summary, the sample, ``log_p`` (uncalibrated), the QC record, the
         read-out features and the T1 contrast (what :meth:`predict_many` builds on).
+
+        Args:
+            items: ``(MRI, record)`` pairs; either may be ``None``.
+            patterns: also answer each item under these input patterns (the inputs outside
+                one hidden, as calibration hides them), in ``log_p_by_pattern``; each MRI
+                is encoded once for all of them (:meth:`MultimodalNet.predict_views`).
 
         Raises:
             MediADError: as :meth:`predict_many`.
@@ -246,6 +260,8 @@ class Predictor:
                 raise MediADError("the tabular baseline needs a clinical record")
             if record is None and not self.use_image:
                 raise MediADError(f"this {mc.kind} model does not use MRIs; give a record")
+        if patterns and tabular_model:
+            raise MediADError("the tabular baseline has one input pattern: the record")
         records = [r for _, r in items]
         use_mri = [m is not None and self.use_image for m, _ in items]
         summaries = [self.summarizer.summarize(r) if (self.summarizer and r) else None
@@ -254,6 +270,7 @@ class Predictor:
                                 self.summarizer if self.use_text else None, self.embedder,
                                 mc.tabular_fields)
         readout = None
+        by_pattern: dict[str, np.ndarray] = {}
         if tabular_model:
             x = np.stack([np.where(s["tab_mask"] > 0, s["tab_values"], np.nan)
                           for s in samples])
@@ -269,15 +286,20 @@ class Predictor:
                      for k in samples[0] if k != "image"}
             batch["image"] = torch.stack(images)
             batch["has_image"] = torch.tensor([1.0 if u else 0.0 for u in use_mri])
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            views = [batch] + [restrict_inputs(batch, p) for p in patterns]
             with torch.inference_mode():
-                out = self.model.predict({k: v.to(self.device) for k, v in batch.items()})
+                out, *hidden = self.model.predict_views(views)
             log_p = out.log_probs.float().cpu().numpy()
+            by_pattern = {p: o.log_probs.float().cpu().numpy()
+                          for p, o in zip(patterns, hidden, strict=True)}
             if out.readout is not None:
                 readout = out.readout.float().cpu().numpy()
             contrast = [self.contrast(p.tensor) if (use and p.preprocessed is not None)
                         else None for p, use in zip(loaded, use_mri, strict=True)]
         return {"use_mri": use_mri, "summaries": summaries, "samples": samples,
-                "log_p": log_p, "qc": qcs, "readout": readout, "contrast": contrast}
+                "log_p": log_p, "log_p_by_pattern": by_pattern, "qc": qcs,
+                "readout": readout, "contrast": contrast}
 
     def contrast(self, image: torch.Tensor) -> TissueContrast | None:
         """White matter, grey matter and CSF intensity of a registered network input (only

@@ -139,44 +139,45 @@ def recalibrate(checkpoint: str | Path, manifest: str | Path, out: str | Path, *
 def _score(predictor: Predictor, rows: list[ManifestRow], patterns: tuple[str, ...],
            batch_size: int, progress: Callable[[int, int], None] | None
            ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:
-    """Labels and uncalibrated log-probabilities per pattern. An MRI that cannot be read
-    or preprocessed drops that subject from the MRI patterns (counted), as evaluation
-    reports it rather than stopping."""
-    items: dict[str, list[tuple[Any, ManifestRow | None, int]]] = {p: [] for p in patterns}
-    for row in rows:
-        y = predictor.classes.index(row.diagnosis)
-        if "record" in items:
-            items["record"].append((None, row, y))
-        if row.mri_path:
-            for pattern, record in (("mri+record", row), ("mri", None)):
-                if pattern in items:
-                    items[pattern].append((row.mri_path, record, y))
-    total = sum(-(-len(v) // batch_size) for v in items.values())
-    done, unusable = 0, set()
-    out = {}
-    for pattern, chunk_items in items.items():
-        ys, log_ps = [], []
-        for start in range(0, len(chunk_items), batch_size):
-            chunk = [c for c in chunk_items[start:start + batch_size] if c[0] not in unusable]
+    """Labels and uncalibrated log-probabilities per pattern; the MRI patterns come from one
+    pass that encodes each MRI once for both. An MRI that cannot be read or preprocessed
+    drops that subject from the MRI patterns (counted), as evaluation reports it rather
+    than stopping."""
+    imaged = tuple(p for p in patterns if p != "record")
+    passes: list[tuple[tuple[str, ...], list[tuple[Any, ManifestRow, int]]]] = []
+    if imaged:
+        passes.append((imaged, [(r.mri_path, r, predictor.classes.index(r.diagnosis))
+                                for r in rows if r.mri_path]))
+    if "record" in patterns:
+        passes.append((("record",), [(None, r, predictor.classes.index(r.diagnosis))
+                                     for r in rows]))
+    total = sum(-(-len(items) // batch_size) for _, items in passes)
+    done, unusable = 0, 0
+    parts: dict[str, tuple[list[int], list[np.ndarray]]] = {p: ([], []) for p in patterns}
+
+    def run(chunk: list[tuple[Any, ManifestRow, int]], names: tuple[str, ...]) -> None:
+        out = predictor.run_network([(m, r) for m, r, _ in chunk], patterns=names)
+        for name in names:
+            parts[name][0].extend(y for *_, y in chunk)
+            parts[name][1].append(out["log_p_by_pattern"][name])
+
+    for names, items in passes:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
             done += 1
             if progress:
                 progress(done, total)
-            if not chunk:  # every MRI of it already found unusable
-                continue
             try:
-                log_ps.append(predictor.run_network([(m, r) for m, r, _ in chunk])["log_p"])
-                ys += [y for *_, y in chunk]
+                run(chunk, names)
             except MediADError:  # find the unusable MRI(s), keep the rest
-                for m, r, y in chunk:
+                for item in chunk:
                     try:
-                        log_ps.append(predictor.run_network([(m, r)])["log_p"])
-                        ys.append(y)
+                        run([item], names)
                     except MediADError:
-                        unusable.add(m)
-        out[pattern] = (np.array(ys, dtype=int),
-                        np.concatenate(log_ps) if log_ps else np.zeros((0, len(
-                            predictor.classes))))
-    return out, len(unusable)
+                        unusable += 1
+    return {p: (np.array(ys, dtype=int), np.concatenate(log_ps) if log_ps
+                else np.zeros((0, len(predictor.classes))))
+            for p, (ys, log_ps) in parts.items()}, unusable
 
 
 def _refit(pattern: str, y: np.ndarray, log_p: np.ndarray, old: Calibration,

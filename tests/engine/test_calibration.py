@@ -127,6 +127,23 @@ def _flag_or_refusal(predictor: Predictor, path: Path) -> str:
     return " | ".join(pred.flags)
 
 
+def test_patterns_in_one_pass_answer_as_each_pattern_asked_alone(predictor: Predictor,
+                                                                 tiny_cohort: Path) -> None:
+    """Recalibration scores the MRI-and-record and MRI-only patterns in one pass, each MRI
+    encoded once: that must be what a user asking with the MRI alone gets."""
+    from mediad.data.records import load_manifest
+
+    rows = [r for r in load_manifest(tiny_cohort / "manifest.csv").rows if r.mri_path][:4]
+    both = predictor.run_network([(r.mri_path, r) for r in rows],
+                                 patterns=("mri+record", "mri", "record"))
+    alone = {"mri+record": [(r.mri_path, r) for r in rows],
+             "mri": [(r.mri_path, None) for r in rows], "record": [(None, r) for r in rows]}
+    for pattern, items in alone.items():
+        np.testing.assert_allclose(both["log_p_by_pattern"][pattern],
+                                   predictor.run_network(items)["log_p"], atol=1e-6)
+    np.testing.assert_array_equal(both["log_p"], both["log_p_by_pattern"]["mri+record"])
+
+
 def test_noise_inverted_and_non_brain_volumes_are_flagged(predictor: Predictor,
                                                           tiny_cohort: Path,
                                                           tmp_path: Path) -> None:
