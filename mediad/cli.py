@@ -683,7 +683,7 @@ def demo(
                   f"(n={test.get('n')}; MMSE and CDR-SB "
                   f"{'left out' if blind else 'among the inputs'})")
         report = best.parent / CALIBRATION_REPORT
-        if ref and report.is_file():
+        if report.is_file():
             fits = json.loads(report.read_text(encoding="utf-8"))["patterns"]
             out.print("  temperatures refitted on new subjects (`mediad calibrate`): " + "; ".join(
                 f"{p} {f['old_temperature']:.2f} -> " + (

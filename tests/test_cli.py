@@ -102,13 +102,26 @@ def _tiny_recipe(source: Path, out: Path) -> Path:
 
 
 def test_demo_builds_once_then_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    small = demo.DEMO_COHORT.model_copy(update={"n_subjects": 16, "spacing": 8.0})
-    monkeypatch.setattr(demo, "DEMO_COHORT", small)
+    small = {"n_subjects": 16, "spacing": 8.0}
+    monkeypatch.setattr(demo, "DEMO_COHORT", demo.DEMO_COHORT.model_copy(update=small))
+    monkeypatch.setattr(demo, "DEMO_CALIBRATION",
+                        demo.DEMO_CALIBRATION.model_copy(update=small | {"n_subjects": 12}))
     monkeypatch.setattr(demo, "DEMO_CONFIG", _tiny_recipe(demo.DEMO_CONFIG,
                                                           tmp_path / "demo.yaml"))
     code, output = run("demo", "--data-dir", tmp_path / "data")
     assert code == 0 and "Built the demo cohort" in output and "research use only" in output
     assert "trained" in output and "test balanced accuracy" in output
+    # then its temperatures are refitted on a cohort of new subjects (12 here: too few, so
+    # each is kept and said to be)
+    data = tmp_path / "data"
+    report = json.loads((data / "demo-model" / demo.CALIBRATION_REPORT).read_text())
+    assert {p: r["new_temperature"] for p, r in report["patterns"].items()} == {
+        "mri+record": None, "mri": None, "record": None}
+    assert "refitted on new subjects" in output and "-> kept (n=12)" in output
+    cal_ids = {r.subject_id for r in load_manifest(
+        data / demo.DEMO_CALIBRATION_FOLDER / "manifest.csv").rows}
+    demo_ids = {r.subject_id for r in load_manifest(data / "demo-cohort" / "manifest.csv").rows}
+    assert len(cal_ids) == 12 and not cal_ids & demo_ids
     assert "label-blind" not in output and not (tmp_path / "data" / demo.LABEL_BLIND_FOLDER
                                                 ).exists()
     code, output = run("demo", "--data-dir", tmp_path / "data", "--label-blind")
@@ -131,6 +144,7 @@ def test_demo_reference_builds_the_augmented_model_beside_the_demo(
                         demo.REFERENCE_COHORT.model_copy(update=small))
     monkeypatch.setattr(demo, "REFERENCE_CALIBRATION",
                         demo.REFERENCE_CALIBRATION.model_copy(update=small))
+    monkeypatch.setattr(demo, "DEMO_CALIBRATION", demo.DEMO_CALIBRATION.model_copy(update=small))
     monkeypatch.setattr(demo, "DEMO_CONFIG", _tiny_recipe(demo.DEMO_CONFIG,
                                                           tmp_path / "demo.yaml"))
     monkeypatch.setattr(demo, "REFERENCE_CONFIG", _tiny_recipe(demo.REFERENCE_CONFIG,
@@ -146,7 +160,8 @@ def test_demo_reference_builds_the_augmented_model_beside_the_demo(
     assert Path(ref.config.data.manifest).parent.name == "reference-cohort"
     epoch = json.loads((data / demo.REFERENCE_FOLDER / "metrics.jsonl").read_text())
     assert set(epoch["val_patterns"]) == {"mri+record", "mri", "record"}
-    assert not Predictor(data / "demo-model" / "best.pt").config.data.augment
+    own = Predictor(data / "demo-model" / "best.pt").config
+    assert Path(own.data.manifest).parent.name == "demo-cohort" and own.optim.epochs == 1
     # then recalibrated on a cohort of its own (16 subjects here: too few, so every
     # temperature is kept, and the checkpoint says it still comes from the validation split)
     report = json.loads((data / demo.REFERENCE_FOLDER / demo.CALIBRATION_REPORT).read_text())

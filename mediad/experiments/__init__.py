@@ -6,6 +6,8 @@ from mediad._lazy import lazy_exports
 _HOMES = {
     "AblationConfig": "ablation",
     "CALIBRATION_REPORT": "demo",
+    "DEMO_CALIBRATION": "demo",
+    "DEMO_CALIBRATION_FOLDER": "demo",
     "DEMO_COHORT": "demo",
     "DEMO_CONFIG": "demo",
     "DEMO_SHIFTED": "demo",
