@@ -33,6 +33,9 @@ class ScalePercentiles(ScaleIntensityRangePercentiles):
             return super()._normalize(img)
         values = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img
         a_min, a_max = (float(v) for v in np.percentile(values, [self.lower, self.upper]))
+        if a_max == a_min:  # a blank volume (a subject without an MRI): MONAI's answer,
+            # without the warning it would print for every such sample of every epoch
+            return convert_to_tensor(img - a_min + (self.b_min or 0.0), track_meta=False)
         scaled = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=self.b_min,
                                      b_max=self.b_max, clip=self.clip, dtype=self.dtype)(img)
         return convert_to_tensor(scaled, track_meta=False)

@@ -69,3 +69,12 @@ def test_percentile_scaling_matches_monai() -> None:
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
     np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
     assert float(ours.min()) == 0.0 and float(ours.max()) == 1.0
+
+
+def test_percentile_scaling_of_a_blank_volume_is_silent() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ScalePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)(torch.zeros(1, 8, 8, 8))
+    assert float(out.abs().max()) == 0.0
