@@ -99,15 +99,12 @@ st.markdown("""
 - Summaries never contain the diagnosis or identifiers; free-text notes are quoted as data.
 """)
 if cfg.model.inputs[0] and not cfg.data.augment:
-    st.warning("Trained without scanner augmentation (as the demo model is): from an MRI "
-               "alone, this model can read the scanner rather than the anatomy. The demo "
-               "model's MRI-only answers are at chance on a cohort whose site-diagnosis "
-               "link is reversed, and change between two scans of one brain by up to 0.66 "
-               "(README, \"Pose\"); with the record, by at most 0.04. The reference model "
-               "(`mediad demo --reference`, about 8 minutes on 2 cores: 600 subjects, "
-               "scanner augmentation, 40 epochs) reads the anatomy: from the MRI alone "
-               "0.873 balanced accuracy on 383 new subjects, and it lists in the sidebar "
-               "once built.")
+    st.warning("Trained without scanner augmentation: from an MRI alone, this model can "
+               "read the scanner rather than the anatomy. The demo recipe trained so read "
+               "it: its MRI-only answers were at chance on a cohort whose site-diagnosis "
+               "link is reversed, and changed between two scans of one brain by up to 0.66 "
+               "(README, \"Pose\"). The demo and reference models train with scanner "
+               "augmentation.")
 if cfg.model.kind == "tabular":
     st.warning("This tabular baseline's checkpoint holds its training matrix (numeric record "
                "fields, no ids, rows shuffled): scikit-learn models cannot be restored "

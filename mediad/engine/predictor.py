@@ -52,10 +52,9 @@ class PreparedMRI(NamedTuple):
 #: Below this calibrated top probability an answer is called uncertain.
 CONFIDENT = 0.6
 
-#: Said of every MRI-only answer of a model trained without scanner augmentation. The demo
-#: model is one: its MRI-only answers fall to chance (0.327) when the site's link to the
-#: diagnosis is reversed, and whatever makes its encoder shift-stable (rolled or blurred
-#: inputs) stops its MRI path from learning at all (README, "Pose").
+#: Said of every MRI-only answer of a model trained without scanner augmentation. The
+#: demo recipe before it trained with augmentation was one: its MRI-only answers fell to
+#: chance (0.327) when the site's link to the diagnosis was reversed (README, "Pose").
 TEXTURE_CAVEAT = ("this model was trained without scanner augmentation: from an MRI alone "
                   "it can read the scanner (texture, noise, contrast) rather than the "
                   "anatomy, and its answer can change between two scans of one brain (the "
