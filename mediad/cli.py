@@ -69,6 +69,13 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
+#: Options several commands share, declared once.
+MniInputs = Annotated[bool, typer.Option("--mni-inputs", help="The MRIs are already "
+                                         "brain-extracted and registered to MNI152: skip "
+                                         "preprocessing.")]
+Workers = Annotated[int, typer.Option(min=1, help="Processes preprocessing raw MRIs.")]
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"mediad {__version__}")
@@ -346,9 +353,7 @@ def train_cmd(
                                            ".")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder.")],
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
-    mni_inputs: Annotated[bool, typer.Option("--mni-inputs", help="The MRIs are already "
-                                             "brain-extracted and registered to MNI152: "
-                                             "skip preprocessing.")] = False,
+    mni_inputs: MniInputs = False,
 ) -> None:
     """Train MediAD or a baseline (also under `torchrun --nproc_per_node N -m mediad train`).
 
@@ -387,9 +392,7 @@ def predict(
     visit: Annotated[str | None, typer.Option(help="The visit (e.g. bl, m12), when the "
                                               "subject has several.")] = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of the record file.")] = "utf-8",
-    mni_inputs: Annotated[bool, typer.Option("--mni-inputs", help="The MRIs are already "
-                                             "brain-extracted and registered to MNI152: "
-                                             "skip preprocessing.")] = False,
+    mni_inputs: MniInputs = False,
 ) -> None:
     """Predict one subject; prints JSON (calibrated probabilities, flags and their reasons,
     an uncertainty statement, inputs used, summary, and the MRI's preprocessing QC)."""
@@ -419,10 +422,8 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for CIs.")] = 1000,
     seed: Annotated[int, typer.Option(min=0)] = 0,
-    workers: Annotated[int, typer.Option(min=1, help="Processes preprocessing raw MRIs.")] = 2,
-    mni_inputs: Annotated[bool, typer.Option("--mni-inputs", help="The MRIs are already "
-                                             "brain-extracted and registered to MNI152: "
-                                             "skip preprocessing.")] = False,
+    workers: Workers = 2,
+    mni_inputs: MniInputs = False,
 ) -> None:
     """Evaluate a model on a cohort: predictions, metrics with CIs, subgroups, plots, report."""
     from mediad.experiments.evaluation import evaluate
@@ -453,10 +454,8 @@ def calibrate(
     force: Annotated[bool, typer.Option(help="Fit even on subjects the model was trained "
                                         "on (over-confident).")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    workers: Annotated[int, typer.Option(min=1, help="Processes preprocessing raw MRIs.")] = 2,
-    mni_inputs: Annotated[bool, typer.Option("--mni-inputs", help="The MRIs are already "
-                                             "brain-extracted and registered to MNI152: "
-                                             "skip preprocessing.")] = False,
+    workers: Workers = 2,
+    mni_inputs: MniInputs = False,
 ) -> None:
     """Refit a model's temperatures, per input pattern, on a labelled held-out cohort (the
     network and its out-of-distribution thresholds stay as trained)."""
