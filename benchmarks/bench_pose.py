@@ -3,11 +3,13 @@
 preprocessing the model was trained with and, as a control, without registration.
 
 Prints the mean and maximum change in any class probability against the unmoved brain,
-for the MRI alone and for the MRI with its record; and, as a floor, the change between two
-scans of the unmoved brain (new noise, lesion draw and scanner jitter): registration meets
-every scan afresh, so its residual jitter shows there too. The MRI-only answer is also
-scored uncalibrated: its temperature (below 1) multiplies the logits, and every change in
-them with them. Needs the demo model (``mediad demo``).
+for the MRI alone and for the MRI with its record: the brain moved in the scanner (new
+noise, bias field and lesion placement relative to the brain: a second scan), the very
+same scan moved (resampled under the pose: pose alone), and, as a floor, the change
+between two scans of the unmoved brain (new noise, lesion draw and scanner jitter):
+registration meets every scan afresh, so its residual jitter shows there too. The
+MRI-only answer is also scored uncalibrated: its temperature (below 1) multiplies the
+logits, and every change in them with them. Needs the demo model (``mediad demo``).
 
 Run: ``python benchmarks/bench_pose.py [--subjects 15] [--poses 4] [--model best.pt]``.
 """
@@ -26,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     import pandas as pd
+    from scipy import ndimage
 
     from mediad.data.records import ClinicalRecord, load_manifest
-    from mediad.data.simulate import SITES, render_subject, store_subject
+    from mediad.data.simulate import SITES, head_pose, render_subject, store_subject
     from mediad.engine.predictor import Predictor
     from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
     from tests.engine.test_pose import random_pose
@@ -46,7 +49,7 @@ def main() -> None:
     rows = {r.subject_id: r for r in load_manifest(cohort / "manifest.csv").rows}
     predictors = {"registered (default)": Predictor(best),
                   "not registered (control)": Predictor(best, mni_inputs=True)}
-    rng = np.random.default_rng(0)
+    rng, scan_rng = np.random.default_rng(0), np.random.default_rng(1)
     changes: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _, row in truth.iterrows():
@@ -54,13 +57,19 @@ def main() -> None:
                     **{f"rotation_{a}_deg": 0.0 for a in "xyz"},
                     **{f"shift_{a}_mm": 0.0 for a in "xyz"}}
             record = ClinicalRecord(**rows[row.subject_id].model_dump(exclude={"mri_path"}))
-            scans = {"moved": [(base, 11)] + [({**base, **random_pose(rng)}, 11)
-                                              for _ in range(args.poses)],
-                     "rescanned": [(base, 11)] + [(base, 12 + i) for i in range(args.poses)]}
+            scans = {"moved": [(base, 11, None)] + [({**base, **random_pose(rng)}, 11, None)
+                                                    for _ in range(args.poses)],
+                     "scan moved": [(base, 11, None)] + [(base, 11, random_pose(scan_rng))
+                                                         for _ in range(args.poses)],
+                     "rescanned": [(base, 11, None)] + [(base, 12 + i, None)
+                                                        for i in range(args.poses)]}
             for change, renders in scans.items():
                 paths = []
-                for i, (truth_i, seed) in enumerate(renders):
+                for i, (truth_i, seed, move) in enumerate(renders):
                     volume, affine = render_subject(truth_i, spacing=3.0, seed=seed)
+                    if move is not None:  # the very same scan, resampled under the pose
+                        m = np.linalg.inv(affine) @ np.linalg.inv(head_pose(move)) @ affine
+                        volume = ndimage.affine_transform(volume, m[:3, :3], m[:3, 3], order=1)
                     path = Path(tmp) / f"{row.subject_id}-{change}-{i}.nii.gz"
                     store_subject(volume, affine, SITES[int(row.site_index)], path,
                                   site_storage=True)
