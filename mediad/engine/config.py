@@ -67,10 +67,6 @@ class OptimConfig(BaseModel):
         "shortcut), or plain balanced accuracy; or 'last', the final epoch of the schedule "
         "(where its cosine decay ends), for recipes whose validation split cannot tell "
         "their late epochs apart (no early stop then).")
-    validate_every: int = Field(
-        1, ge=1, le=1000, description="With selection 'last', score validation (then only "
-        "logged) every this many epochs and at the end; the other selections validate "
-        "every epoch. The model is the same either way.")
     tie_break: Literal["log_loss", "first"] = Field(
         "log_loss", description="Between epochs with the same selection score (frequent: "
         "on 22-30 validation subjects it moves in steps of a few points), keep the one "

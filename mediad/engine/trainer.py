@@ -380,8 +380,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                                    "lr": scheduler.get_last_lr()[0],
                                    "seconds": time.perf_counter() - started}
         selected_on: dict[str, Any] = {}
-        if "val" in eval_loaders and (oc.selection != "last" or epoch % oc.validate_every == 0
-                                      or epoch >= min(oc.epochs, stop)):
+        if "val" in eval_loaders:
             per = _validate(model, eval_loaders["val"], device, samples["val"], config)
             metrics["val"] = selected_on = next(iter(per.values()))
             if len(per) > 1:  # each_pattern: select on the mean over the patterns
@@ -404,7 +403,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
             save_checkpoint(out / "last.pt", {
                 **base, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "train_state": dict(state)})
-            if show_progress and ("val" in metrics or "val" not in eval_loaders):
+            if show_progress:
                 val = metrics.get("val", {})
                 tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.3f}, val balanced "
                            f"accuracy {val.get('balanced_accuracy', float('nan')):.3f}, "
