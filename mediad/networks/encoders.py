@@ -176,8 +176,13 @@ class TextEmbedder:
         if self._model is None:
             from transformers import AutoModel, AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-            self._model = AutoModel.from_pretrained(self.folder, local_files_only=True).eval()
+            from mediad.summarize.backends import quiet_loading
+
+            with quiet_loading():
+                self._tokenizer = AutoTokenizer.from_pretrained(self.folder,
+                                                                local_files_only=True)
+                self._model = AutoModel.from_pretrained(self.folder,
+                                                        local_files_only=True).eval()
 
     def _key(self, text: str) -> str:
         return hashlib.sha256(f"{self.model_id}\0{text}".encode()).hexdigest()

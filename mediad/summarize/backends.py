@@ -16,6 +16,8 @@ import threading
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +37,25 @@ __all__ = [
     "PromptRequest",
     "TransformersGenerator",
     "local_model_path",
+    "quiet_loading",
 ]
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Load a transformers model without its "Loading weights" bar: transformers 5 draws
+    one for every model, into the demo's console and every command that embeds a summary.
+    The user's own setting is restored after."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
 
 Style = Literal["chat", "completion"]
 
@@ -198,9 +218,11 @@ class TransformersGenerator(Generator):
         if self._model is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-            self._model = AutoModelForCausalLM.from_pretrained(
-                self.folder, local_files_only=True).to(self.device).eval()
+            with quiet_loading():
+                self._tokenizer = AutoTokenizer.from_pretrained(self.folder,
+                                                                local_files_only=True)
+                self._model = AutoModelForCausalLM.from_pretrained(
+                    self.folder, local_files_only=True).to(self.device).eval()
             self.style = "chat" if getattr(self._tokenizer, "chat_template", None) else (
                 "completion")
         return self._model, self._tokenizer

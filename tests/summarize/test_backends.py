@@ -23,7 +23,7 @@ from mediad.summarize import (
     TransformersGenerator,
     verify_summary,
 )
-from mediad.summarize.backends import local_model_path
+from mediad.summarize.backends import local_model_path, quiet_loading
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,25 @@ def test_transformers_backend_reads_a_local_folder(tiny_hf_model: Path,
     assert prov.source == "fallback" and len(prov.fallback_reasons) == 4
     with pytest.raises(MediADError, match="not a Hugging Face model folder"):
         TransformersGenerator(tiny_hf_model.parent)
+
+
+def test_loading_a_model_draws_no_weights_bar(tiny_hf_model: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """transformers draws a "Loading weights" bar per model; ours load without it and
+    leave the user's setting as it was."""
+    from transformers.utils import logging
+
+    from mediad.networks.encoders import TextEmbedder
+
+    capsys.readouterr()
+    TransformersGenerator(tiny_hf_model)._load()
+    TextEmbedder()._load()
+    assert "Loading weights" not in capsys.readouterr().err
+    assert logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        with quiet_loading():
+            pass
+        assert not logging.is_progress_bar_enabled()  # a user's "off" stays off
+    finally:
+        logging.enable_progress_bar()
