@@ -102,6 +102,9 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]
     imaging.setdefault("preprocess", None)  # trained before preprocessing existed: raw input
     if imaging["preprocess"] is not None:  # registered on raw intensities: as trained
         imaging["preprocess"].setdefault("registration_highpass_mm", 0.0)
+        # resampled linearly, without smoothing: as trained
+        imaging["preprocess"].setdefault("interpolation", "linear")
+        imaging["preprocess"].setdefault("resample_smoothing", 0.0)
     # calibrated before shift averaging existed: predict as it was calibrated
     ck["config"]["model"].setdefault("shift_average", 0)
     have = ck["config"]["model"]["task"]

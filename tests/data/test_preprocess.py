@@ -76,7 +76,8 @@ def test_whole_head_is_extracted_and_registered(whole_head: Path, tmp_path: Path
     template, _ = _template(PreprocessConfig().output_spacing)
     assert out.shape == template.shape
     np.testing.assert_allclose(out.affine, template.affine)
-    assert (qc.overlap or 0) > 0.9 and (qc.similarity or 0) > 0.3, qc
+    # 0.90 measured: deepbet's outline, moved with the brain, against the template's mask
+    assert (qc.overlap or 0) > 0.87 and (qc.similarity or 0) > 0.3, qc
 
 
 def test_an_extracted_brain_skips_extraction(tmp_path: Path) -> None:
@@ -210,3 +211,41 @@ def test_a_scanners_bias_field_does_not_move_the_registration() -> None:
     assert default > 0
     assert max(apart(default)) < 0.3, apart(default)
     assert min(apart(0.0)) > 0.5  # the control: raw intensities do move it
+
+
+def test_where_the_grid_falls_does_not_change_the_texture() -> None:
+    """One simulated brain scanned a quarter, half and three quarters of a voxel off.
+    Linear interpolation keeps all of white noise's variance on a voxel and an eighth of
+    it half a voxel off in all three axes; registration scales and turns a little, so the
+    offset, and with it the local energy of the fine detail (noise and edges: what a
+    one-voxel Gaussian takes away), varies across the brain in a pattern that moves with
+    the pose. Smoothed first and resampled with a cubic B-spline, the pattern is gone."""
+    from scipy import ndimage
+
+    from mediad.data.preprocess import register_to_template
+    from mediad.data.simulate import render_subject
+
+    truth = {"hippocampal_atrophy": 0.1, "global_atrophy": 0.1, "n_lesions": 2,
+             "site_index": 0, "head_scale": 1.0}
+    scans = [nib.Nifti1Image(*render_subject(
+        {**truth, **{f"shift_{a}_mm": 3.0 * offset for a in "xyz"}}, spacing=3.0, seed=5))
+        for offset in (0.0, 0.25, 0.5, 0.75)]
+    _, mask = template_brain(3.0)
+    inside = ndimage.binary_erosion(mask, iterations=2)
+
+    def detail(config: PreprocessConfig) -> float:
+        """How much the local energy of the fine detail differs from offset to offset."""
+        energy = []
+        for scan in scans:
+            data = register_to_template(scan, config)[0].get_fdata()
+            fine = data - ndimage.gaussian_filter(data, 1.0)
+            energy.append(ndimage.gaussian_filter(fine**2, 2.0)[inside])
+        e = np.array(energy)
+        return float((e.std(0) / e.mean(0)).mean())
+
+    common = {"registration_spacing": 7.0, "sampling": 1.0, "output_spacing": 3.0}
+    default = detail(PreprocessConfig(**common))
+    linear = detail(PreprocessConfig(**common, interpolation="linear", resample_smoothing=0))
+    # measured: 0.038 (much of it the estimate's own noise: each scan has its own noise
+    # draw) against 0.102
+    assert default < 0.05 and linear > 2 * default, (default, linear)
