@@ -259,9 +259,15 @@ with right:
             if state.get("record_from") == kind and state.get("record") is not None:
                 st.success("Record accepted.")
 
-def show_preprocessing(preview: dict[str, Any]) -> None:
+def show_preprocessing(preview: dict[str, Any], smoothing: float = 0.0) -> None:
     """What preprocessing did: the upload with the brain mask's outline, the brain on the
-    template grid with the template brain's outline, and the QC figures."""
+    template grid with the template brain's outline, and the QC figures.
+
+    Args:
+        preview: the slices and QC record :func:`prepare` kept.
+        smoothing: the model's ``resample_smoothing``, so that a softer registered brain
+            is explained rather than taken for a fault.
+    """
     qc = preview["qc"]
     st.subheader("Preprocessing")
     fig, axes = plt.subplots(2, 3, figsize=(10, 6.4), layout="constrained")
@@ -278,14 +284,22 @@ def show_preprocessing(preview: dict[str, Any]) -> None:
                     ha="right", va="center")
     st.pyplot(fig)
     plt.close(fig)
+    if smoothing > 0:
+        st.caption(f"The registered brain is smoothed on purpose (Gaussian, {smoothing:g} "
+                   "voxel) before its one resampling, so that where the template grid falls "
+                   "does not change the texture the model reads; the model sees this brain.")
     c = st.columns(4)
-    extraction = ("deepbet" if "brain_extraction" in qc.steps else "already done"
+    # short values: a four-column row on a laptop cut "already done" to "already d…"
+    extraction = ("deepbet" if "brain_extraction" in qc.steps else "not needed"
                   if "already_brain_extracted" in qc.steps else "off")
-    c[0].metric("Brain extraction", extraction, help=" → ".join(qc.steps))
+    why = {"deepbet": "deepbet took the skull and scalp away.",
+           "not needed": "The upload was already brain-extracted (detected).",
+           "off": "This model's preprocessing has brain extraction off."}[extraction]
+    c[0].metric("Brain extraction", extraction, help=why)
     c[1].metric("Brain volume", f"{qc.brain_volume_ml:.0f} mL" if qc.brain_volume_ml else "-",
                 help="Plausible adult range 800-2600 mL.")
     c[2].metric("Overlap with template", f"{qc.overlap:.2f}" if qc.overlap else "-",
-                help="Dice of the registered brain with the MNI152 brain mask (≥ 0.85).")
+                help="Dice of the registered brain's outline with the MNI152 brain mask (≥ 0.85).")
     c[3].metric("Similarity", f"{qc.similarity:.2f}" if qc.similarity else "-",
                 help="Correlation with the template inside its brain (real brains: about "
                 "0.4 and above).")
@@ -302,7 +316,8 @@ if (mri_in is not None and predictor is not None and state.get("prepared") is No
         forget("mri")
         mri_in = None
 if state.get("preview"):
-    show_preprocessing(state["preview"])
+    show_preprocessing(state["preview"], getattr(predictor and predictor.preprocess,
+                                                 "resample_smoothing", 0.0))
 st.divider()
 if predictor is None:
     st.stop()

@@ -421,6 +421,7 @@ def test_raw_mri_shows_its_preprocessing_and_the_mni_switch_skips_it(app_env: Pa
     assert "Preprocessing" in shown and "MRI loaded: scan.nii.gz." in shown
     assert any(m.label == "Overlap with template" for m in at.metric)
     assert "registration" in shown  # the steps that ran
+    assert "smoothed on purpose" in shown  # the softer registered brain is explained
     switch = next(c for c in at.checkbox if c.label.startswith("Already brain-extracted"))
     switch.check().run()
     shown = texts(at)
