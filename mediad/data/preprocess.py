@@ -56,10 +56,10 @@ PREPROCESS_VERSION = 7
 #: about 1.2 times larger, so template-sized heads reach about 2300.
 BRAIN_VOLUME_ML = (800.0, 2600.0)
 #: Registration QC. The Dice overlap of the registered brain's outline with the template's
-#: mask is the reliable figure (0.90-0.95 measured on a real head, 0.98-0.99 simulated). Correlation
-#: with the template is reported, but a real brain differs from the population average in
-#: its folds and contrast (0.41 for ROBEX's real head, 0.72-0.91 for simulated sites,
-#: measured), so only a value near zero says the registration failed.
+#: mask is the reliable figure (0.90-0.95 measured on a real head, 0.98-0.99 simulated).
+#: Correlation with the template is reported, but a real brain differs from the population
+#: average in its folds and contrast (0.41 for ROBEX's real head, 0.72-0.91 for simulated
+#: sites, measured), so only a value near zero says the registration failed.
 MIN_SIMILARITY = 0.25
 MIN_OVERLAP = 0.85
 #: Fewer MRIs than this are preprocessed in-process (the first pool of a process waits

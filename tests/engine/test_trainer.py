@@ -330,3 +330,21 @@ def test_selection_last_keeps_the_final_epoch(tiny_cohort: Path, tmp_path: Path)
                                              )["best_epoch"] == 4
     assert all(torch.equal(v, last["model_state"][k]) for k, v in best["model_state"].items()
                if not k.startswith("front_door"))
+
+
+def test_a_checkpoint_from_before_smoothed_resampling_keeps_its_preprocessing(
+        run: Path, tmp_path: Path) -> None:
+    """A model trained on linearly resampled, unsmoothed brains (preprocessing version 6
+    and earlier) must see its inputs as it was trained, not with today's defaults."""
+    from mediad.data.preprocess import PreprocessConfig
+
+    ck = torch.load(run / "best.pt", weights_only=False)
+    old = PreprocessConfig().model_dump()
+    for key in ("interpolation", "resample_smoothing"):
+        del old[key]
+    ck["config"]["data"]["imaging"]["preprocess"] = old
+    torch.save(ck, tmp_path / "old.pt")
+    loaded = PreprocessConfig(**load_checkpoint(tmp_path / "old.pt")["config"]["data"]
+                              ["imaging"]["preprocess"])
+    assert (loaded.interpolation, loaded.resample_smoothing) == ("linear", 0.0)
+    assert PreprocessConfig().interpolation == "bspline"  # new models: the new default
