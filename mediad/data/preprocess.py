@@ -336,8 +336,9 @@ def register_to_template(brain: nib.Nifti1Image, config: PreprocessConfig | None
         transform = _fit(sitk, full, c)
         # only the box around the template's brain: what lies outside is masked anyway,
         # and a B-spline costs 64 taps a voxel (half the box: 0.03 s a brain)
+        reference = _to_sitk(template)
         lo, hi = _brain_box(c.output_spacing)
-        grid = sitk.RegionOfInterest(_to_sitk(template), (hi - lo).tolist(), lo.tolist())
+        grid = sitk.RegionOfInterest(reference, (hi - lo).tolist(), lo.tolist())
         warped = sitk.Resample(_antialias(sitk, full, c), grid, transform,
                                sitk.sitkBSpline if c.interpolation == "bspline"
                                else sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -345,8 +346,8 @@ def register_to_template(brain: nib.Nifti1Image, config: PreprocessConfig | None
         # spreads intensities past it, so a threshold on them would misplace the edge
         voxels = np.asarray(brain.dataobj, dtype=np.float32)
         support = sitk.Resample(_to_sitk(nib.Nifti1Image(
-            (voxels > voxels.min()).astype(np.float32), brain.affine)), _to_sitk(template),
-            transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            (voxels > voxels.min()).astype(np.float32), brain.affine)), reference, transform,
+            sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     data = np.zeros(template.shape, np.float32)
     # clipped: the spline's overshoot at the brain's edge
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
