@@ -3,10 +3,11 @@
 preprocessing the model was trained with and, as a control, without registration.
 
 Prints the mean and maximum change in any class probability against the unmoved brain,
-for the MRI alone and for the MRI with its record: the brain moved in the scanner (new
-noise, bias field and lesion placement relative to the brain: a second scan), the very
-same scan moved (resampled under the pose: pose alone), and, as a floor, the change
-between two scans of the unmoved brain (new noise, lesion draw and scanner jitter):
+for the MRI alone and for the MRI with its record: the brain moved in the scanner (the
+scanner's noise and bias field now fall elsewhere on the brain: a second scan; its lesions
+stay where they are), the very same scan moved (resampled under the pose: pose alone),
+and, as a floor, the change between two scans of the unmoved brain (new noise, bias field
+and scanner jitter; the same lesions):
 registration meets every scan afresh, so its residual jitter shows there too. The
 MRI-only answer is also scored uncalibrated: its temperature (below 1) multiplies the
 logits, and every change in them with them. Needs the demo model (``mediad demo``).
@@ -57,16 +58,18 @@ def main() -> None:
                     **{f"rotation_{a}_deg": 0.0 for a in "xyz"},
                     **{f"shift_{a}_mm": 0.0 for a in "xyz"}}
             record = ClinicalRecord(**rows[row.subject_id].model_dump(exclude={"mri_path"}))
-            scans = {"moved": [(base, 11, None)] + [({**base, **random_pose(rng)}, 11, None)
-                                                    for _ in range(args.poses)],
-                     "scan moved": [(base, 11, None)] + [(base, 11, random_pose(scan_rng))
-                                                         for _ in range(args.poses)],
-                     "rescanned": [(base, 11, None)] + [(base, 12 + i, None)
-                                                        for i in range(args.poses)]}
+            # (truth, scanner seed, move of the scan): the brain (its lesions) is seed 11's
+            scans = {"moved": [(base, None, None)] + [({**base, **random_pose(rng)}, None, None)
+                                                      for _ in range(args.poses)],
+                     "scan moved": [(base, None, None)] + [(base, None, random_pose(scan_rng))
+                                                           for _ in range(args.poses)],
+                     "rescanned": [(base, None, None)] + [(base, 12 + i, None)
+                                                          for i in range(args.poses)]}
             for change, renders in scans.items():
                 paths = []
-                for i, (truth_i, seed, move) in enumerate(renders):
-                    volume, affine = render_subject(truth_i, spacing=3.0, seed=seed)
+                for i, (truth_i, scan_seed, move) in enumerate(renders):
+                    volume, affine = render_subject(truth_i, spacing=3.0, seed=11,
+                                                    scan_seed=scan_seed)
                     if move is not None:  # the very same scan, resampled under the pose
                         m = np.linalg.inv(affine) @ np.linalg.inv(head_pose(move)) @ affine
                         volume = ndimage.affine_transform(volume, m[:3, :3], m[:3, 3], order=1)

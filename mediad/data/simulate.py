@@ -62,7 +62,7 @@ __all__ = [
 
 Shift = Literal["none", "removed", "reversed"]
 #: Bumped when the mechanisms change, so cached cohorts (the demo's) are rebuilt.
-SIMULATOR_VERSION = 4
+SIMULATOR_VERSION = 5
 #: The one site code of every simulated id, so ids carry nothing about the site.
 SIMULATED_SITE_CODE = "900"
 
@@ -368,6 +368,13 @@ def _synthetic_head(mask: np.ndarray, spacing: float) -> np.ndarray:
     return ndimage.gaussian_filter(head, 0.6) * ~mask
 
 
+@lru_cache(maxsize=1)
+def _deep_white_matter_mm() -> np.ndarray:
+    """Template-space centres (mm) of the deep white-matter voxels lesions may sit in."""
+    tpl = _template()
+    return np.argwhere(tpl.wm > 0.9) @ tpl.affine[:3, :3].T + tpl.affine[:3, 3]
+
+
 def output_grid(spacing: float, shape: tuple[int, int, int] | None = None,
                 field_of_view: Literal["brain", "native", "head"] = "brain") -> tuple[
         tuple[int, int, int], np.ndarray]:
@@ -418,8 +425,8 @@ PARTIAL_RECORD_DROPS = ("mmse", "cdr_sb", "adas13", "faq")
 
 def render_subject(truth: dict[str, Any], spacing: float = 3.0,
                    shape: tuple[int, int, int] | None = None, seed: int = 0,
-                   site_effects: bool = True, site: SiteProfile | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   site_effects: bool = True, site: SiteProfile | None = None,
+                   scan_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Render one T1 volume (RAS, float32, intensities ~[0, 1]) from a subject's causes.
 
     Args:
@@ -429,10 +436,13 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
         spacing: isotropic voxel size, mm.
         shape: output grid shape (default: the brain, or the whole head, with room for the
             pose when the truth has one).
-        seed: seed of this subject's own RNG (lesion placement, site jitter, noise).
+        seed: seed of this subject's own RNG (lesion placement, then the scanner's
+            jitter, bias field and noise).
         site_effects: apply the site's scanner (contrast, blur, bias, noise); off, the
             image carries only the anatomical causes.
         site: the scanner (default: ``SITES[truth["site_index"]]``).
+        scan_seed: seed of the scanner's draws alone: the same brain (its lesions from
+            ``seed``) scanned again. Default: they continue ``seed``'s stream.
 
     Returns:
         ``(volume, affine)`` with the volume in RAS orientation.
@@ -469,19 +479,19 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
         coords = ((points - tpl.affine[:3, 3]) @ to_voxel).T.reshape(3, *grid_shape)
         return ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0)
 
-    t1, gm, wm = sample(tpl.t1), sample(tpl.gm), sample(tpl.wm)
+    t1, gm = sample(tpl.t1), sample(tpl.gm)
     roi = roi.reshape(grid_shape)
     # Tissue loss becomes CSF (dark on T1): medial-temporal grey matter with h, cortex with g.
     t1 = t1 * (1.0 - np.clip(gm * (2.5 * h * roi + 0.45 * g), 0.0, 0.9))
 
-    # White-matter lesions (T1-hypointense foci) from the vascular burden.
-    deep_wm = np.argwhere(wm > 0.9)
+    # White-matter lesions (T1-hypointense foci) from the vascular burden. They belong to
+    # the brain: placed in template space, so a second scan of it, moved or not, shows
+    # them where the first did.
+    deep_wm = _deep_white_matter_mm()
     for _ in range(int(truth["n_lesions"])):
-        if not len(deep_wm):
-            break
         c = deep_wm[rng.integers(len(deep_wm))]
-        r = rng.uniform(2.0, 4.5) / spacing
-        d2 = ((ijk - c) ** 2).sum(-1)
+        r = rng.uniform(2.0, 4.5)
+        d2 = ((src - c) ** 2).sum(-1).reshape(grid_shape)
         t1 *= 1.0 - 0.5 * np.exp(-d2 / (2 * r * r))
 
     top = max(float(t1.max()), 1e-6)
@@ -491,6 +501,8 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
     if not site_effects:
         return t1, affine
     site = site or SITES[int(truth["site_index"])]
+    if scan_seed is not None:  # the same brain, scanned again
+        rng = np.random.default_rng(scan_seed)
     jitter = np.exp(rng.normal(0.0, 0.06, 4))
     img = t1[None]
     img = AdjustContrast(gamma=site.gamma * jitter[0])(img)
@@ -646,7 +658,8 @@ visit each; built in {seconds:.1f} s.
   factor ≈ 0 / 0.13 / 0.26 for CN / MCI / AD (+0.004 per year of age, sd 0.05).
 - Image ← age: cortical grey-matter loss and ventricle enlargement, 0.012 per year over 55.
 - Image ← vascular burden V (latent; hypertension, diabetes, smoking are recorded):
-  Poisson(2.5·V) T1-hypointense white-matter lesions.
+  Poisson(2.5·V) T1-hypointense white-matter lesions, placed in template space (anatomy:
+  a second scan of the brain shows them in the same place).
 - Image ← S (never given to a model): the scanner below. A site writes the share of scans
   under "whole head" with skull, scalp and face, the others brain-extracted (zero outside).
 - Native space{'' if cfg.native_space else ' (off for this cohort)'}: each head is scaled

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 from sklearn.metrics import normalized_mutual_info_score
 
 from mediad.data import simulate
@@ -179,6 +180,37 @@ def test_lesions_darken_white_matter() -> None:
     clean, _ = render_subject({**base, "n_lesions": 0}, 4.0, seed=2, site_effects=False)
     lesioned, _ = render_subject({**base, "n_lesions": 12}, 4.0, seed=2, site_effects=False)
     assert (clean - lesioned).max() > 0.2 and (lesioned <= clean + 1e-6).all()
+
+
+def test_lesions_belong_to_the_brain_not_to_the_scan() -> None:
+    """A second scan of one brain (moved, or with the scanner's own new draws) shows its
+    lesions where the first did: they are anatomy, placed in template space."""
+    from mediad.data.simulate import head_pose
+
+    base = {"hippocampal_atrophy": 0.0, "global_atrophy": 0.2, "site_index": 0,
+            "head_scale": 1.0}
+    pose = {"rotation_x_deg": 8.0, "rotation_z_deg": -5.0, "shift_y_mm": 7.0,
+            "head_scale": 1.05}
+
+    def lesion_map(truth: dict, seed: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        clean, aff = render_subject({**truth, "n_lesions": 0}, 4.0, seed=seed,
+                                    site_effects=False)
+        lesioned, _ = render_subject({**truth, "n_lesions": 6}, 4.0, seed=seed,
+                                     site_effects=False)
+        return clean - lesioned, aff
+
+    still, aff = lesion_map(base)
+    moved, _ = lesion_map({**base, **pose})
+    # the moved scan's lesion map, looked up at where each unmoved voxel went
+    m = np.linalg.inv(aff) @ head_pose({**base, **pose}) @ aff
+    back = ndimage.affine_transform(moved, m[:3, :3], m[:3, 3], order=1)
+    assert still.max() > 0.2
+    assert np.corrcoef(still.ravel(), back.ravel())[0, 1] > 0.8
+    other, _ = lesion_map(base, seed=3)  # another brain: lesions elsewhere
+    assert np.corrcoef(still.ravel(), other.ravel())[0, 1] < 0.3
+    a, _ = render_subject({**base, "n_lesions": 6}, 4.0, seed=2, scan_seed=10)
+    b, _ = render_subject({**base, "n_lesions": 6}, 4.0, seed=2, scan_seed=11)
+    assert not np.allclose(a, b)  # new noise, the same lesions (the scan_seed's contract)
 
 
 def brain_centroid_and_volume(vol: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, float]:
