@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import numpy as np
 from mediad.data.records import ManifestRow, load_manifest
 from mediad.data.simulate import simulate_cohort
 from mediad.data.splits import Splits
-from mediad.engine.calibration import fit_temperature
+from mediad.engine.calibration import Calibration, fit_temperature, fit_temperature_and_bias
 from mediad.engine.predictor import Predictor
 from mediad.engine.trainer import train
 from mediad.experiments.demo import (
@@ -106,24 +107,35 @@ def _fitted_on(predictor: Predictor) -> str:
     return cal.fitted_on
 
 
-def _scaled(log_p: np.ndarray, t: float) -> np.ndarray:
-    """Probabilities at temperature ``t``, as ``Calibration.calibrate`` computes them."""
+def _scaled(log_p: np.ndarray, t: float, bias: Sequence[float] | None = None) -> np.ndarray:
+    """Probabilities at temperature ``t`` (plus a class bias), as ``Calibration.calibrate``
+    computes them."""
     from scipy.special import softmax
 
-    return softmax(log_p / t, axis=1)
+    return softmax(log_p / t + (0.0 if bias is None else np.asarray(bias)), axis=1)
 
 
-def calibration_rows(pattern: str, y: np.ndarray, raw: np.ndarray, fitted: float,
+def _named(t: float, bias: Sequence[float] | None) -> str:
+    return f"T = {t:.2f}" + ("" if bias is None else ", class bias "
+                             + " / ".join(f"{b:+.2f}" for b in bias))
+
+
+def calibration_rows(pattern: str, y: np.ndarray, raw: np.ndarray, fitted: Calibration | None,
                      draws: int = 200, seed: int = 0) -> list[str]:
-    """Markdown rows: ECE before, with the checkpoint's and the best temperature, and with
-    temperatures fitted on resampled validation splits (ECE read on the other subjects)."""
+    """Markdown rows: ECE before, with the checkpoint's calibration and with the best
+    temperature (alone, and with a class bias), and with temperatures fitted on resampled
+    validation splits (ECE read on the other subjects)."""
     log_p = np.log(np.clip(raw, 1e-12, 1.0))
-    best = fit_temperature(log_p, y)
+    best_tb, best_b = fit_temperature_and_bias(log_p, y)
     rows = [f"| {pattern} | all {len(y)} | T = 1 | {expected_calibration_error(y, raw):.3f} "
             f"| {ece_noise_floor(raw):.3f} | |"]
-    for name, t in (("checkpoint's", fitted), ("best for these subjects", best)):
-        proba = _scaled(log_p, t)
-        rows.append(f"| {pattern} | all {len(y)} | {name}: T = {t:.2f} | "
+    ckpt = ((fitted.temperature.get(pattern, 1.0), fitted.bias.get(pattern)) if fitted
+            else (1.0, None))
+    for name, (t, b) in (("checkpoint's", ckpt),
+                         ("best for these subjects", (fit_temperature(log_p, y), None)),
+                         ("best with a class bias", (best_tb, best_b.tolist()))):
+        proba = _scaled(log_p, t, b)
+        rows.append(f"| {pattern} | all {len(y)} | {name}: {_named(t, b)} | "
                     f"{expected_calibration_error(y, proba):.3f} | "
                     f"{ece_noise_floor(proba):.3f} | |")
     rng = np.random.default_rng(seed)
@@ -195,10 +207,11 @@ def main() -> None:
                     fitted, demo.calibration = demo.calibration, None
                     y, raw = score(demo, rows, *PATTERNS[pattern])
                     demo.calibration = fitted
-                    t = fitted.temperature.get(pattern, 1.0) if fitted else 1.0
-                    calibration += calibration_rows(pattern, y, raw, t)
-                    print(*calibration[-5:], sep="\n", flush=True)
-                    proba = _scaled(np.log(np.clip(raw, 1e-12, 1.0)), t)
+                    calibration += calibration_rows(pattern, y, raw, fitted)
+                    print(*calibration[-6:], sep="\n", flush=True)
+                    log_p = np.log(np.clip(raw, 1e-12, 1.0))
+                    proba = (np.exp(fitted.calibrate(log_p, [pattern] * len(y))) if fitted
+                             else raw)
                 else:
                     y, proba = score(predictor, rows, *PATTERNS[pattern])
                 got[model_name, pattern] = y, proba

@@ -59,7 +59,9 @@ if predictor.calibration is not None:
     tested = metrics.get("test_calibrated", {}) if cal.fitted_on == "validation split" else {}
     st.subheader("Calibration per input pattern")
     table = {PATTERN_NAMES.get(p, p): {
-        "temperature": t, "fitted on (subjects)": cal.n_fitted.get(p, cal.n_validation),
+        "temperature": t,
+        "class bias": " / ".join(f"{b:+.2f}" for b in cal.bias[p]) if p in cal.bias else "none",
+        "fitted on (subjects)": cal.n_fitted.get(p, cal.n_validation),
         "fit ECE before": cal.ece_before.get(p),
         "fit ECE after": cal.ece_after.get(p),
         **({"test n": tested[p]["n"], "test balanced accuracy": tested[p]["balanced_accuracy"],
@@ -69,8 +71,10 @@ if predictor.calibration is not None:
     where = (f"the {cal.n_validation} validation subjects" if cal.fitted_on ==
              "validation split" else cal.fitted_on + " (`mediad calibrate`)")
     st.caption(f"Each temperature was fitted on {where}; the 'fit ECE' columns are read on "
-               "those subjects. ECE on a few dozen subjects is noisy (see the Cohort page's "
-               "floor).")
+               "those subjects. A class bias (per class, in the order "
+               f"{' / '.join(predictor.classes)}) is added after the temperature where a "
+               "recalibration cohort showed the answers leaning towards one class. ECE on a "
+               "few dozen subjects is noisy (see the Cohort page's floor).")
     if rough := cal.roughly_fitted():
         st.warning(f"Temperatures fitted on fewer than {MIN_FIT_SUBJECTS} subjects ("
                    + ", ".join(f"{PATTERN_NAMES.get(p, p)}: {n}" for p, n in rough.items())

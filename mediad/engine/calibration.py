@@ -4,10 +4,12 @@ A probability means what it says only if, of the subjects given 0.8, about 8 in 
 right. Networks trained to a low loss are over-confident, and differently so for each
 input pattern (an MRI-only answer is not as sure as one with the record). So each pattern
 gets its own temperature, fitted on the validation split after training (Guo et al.
-2017), and stored in the checkpoint. The same pass fits, per pattern, the training
-distribution of the features the label is read from (mean and Ledoit-Wolf precision), so
-that a prediction far from everything the model was trained on says so (Mahalanobis
-distance, threshold at a validation percentile).
+2017), and stored in the checkpoint. A recalibration cohort large enough may also give a
+pattern a class bias (bias-corrected temperature scaling, Alexandari et al. 2020): an
+MRI-only answer can lean towards one class as a whole, which no temperature mends. The
+same pass fits, per pattern, the training distribution of the features the label is read
+from (mean and Ledoit-Wolf precision), so that a prediction far from everything the model
+was trained on says so (Mahalanobis distance, threshold at a validation percentile).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "MAX_TEMPERATURE",
+    "MIN_BIAS_SUBJECTS",
     "MIN_FIT_SUBJECTS",
     "MIN_TEMPERATURE",
     "PATTERNS",
@@ -28,8 +31,10 @@ __all__ = [
     "FeatureDistribution",
     "InputPattern",
     "fit_calibration",
+    "fit_class_bias",
     "fit_feature_distribution",
     "fit_temperature",
+    "fit_temperature_and_bias",
     "input_pattern",
     "model_patterns",
     "restrict_inputs",
@@ -110,6 +115,70 @@ def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(best.x))
 
 
+#: A class bias is fitted beside the temperature only on this many labelled subjects or
+#: more (a recalibration cohort, not a validation split of a few dozen), and kept only
+#: where it lowers the cross-validated log loss.
+MIN_BIAS_SUBJECTS = 100
+
+
+def _nll(log_probs: np.ndarray, y: np.ndarray, t: float, bias: np.ndarray) -> float:
+    from scipy.special import log_softmax
+
+    lp = log_softmax(log_probs / t + bias, axis=1)
+    return float(-lp[np.arange(len(y)), y].mean())
+
+
+def fit_temperature_and_bias(log_probs: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Temperature and class bias (the first class's fixed at 0) minimising the NLL."""
+    from scipy.optimize import minimize
+
+    # float64: a float32 network output hides the finite-difference step in the temperature
+    log_probs = np.asarray(log_probs, dtype=np.float64)
+    k = log_probs.shape[1]
+
+    def nll(v: np.ndarray) -> float:
+        return _nll(log_probs, y, float(np.exp(v[0])), np.r_[0.0, v[1:]])
+
+    start = np.r_[np.log(fit_temperature(log_probs, y)), np.zeros(k - 1)]
+    bounds = [(np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE))] + [(-5.0, 5.0)] * (k - 1)
+    v = minimize(nll, start, method="L-BFGS-B", bounds=bounds).x
+    return float(np.exp(v[0])), np.r_[0.0, v[1:]]
+
+
+def fit_class_bias(log_probs: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0
+                   ) -> tuple[float, list[float] | None]:
+    """The temperature alone, or with a class bias added to the scaled logits, whichever
+    has the lower log loss on held-out folds of these subjects.
+
+    Args:
+        log_probs: uncalibrated log-probabilities, one row per labelled subject.
+        y: class indices.
+        folds: stratified folds of the comparison.
+        seed: of the folds.
+
+    Returns:
+        ``(temperature, bias)``, ``bias`` ``None`` when the temperature alone does as well
+        (or there are fewer than ``MIN_BIAS_SUBJECTS`` subjects, or a class is missing).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    t = fit_temperature(log_probs, y)
+    counts = np.bincount(y, minlength=log_probs.shape[1])
+    if len(y) < MIN_BIAS_SUBJECTS or counts.min() < folds:
+        return t, None
+    plain = biased = 0.0
+    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(
+            log_probs, y):
+        plain += _nll(log_probs[held], y[held], fit_temperature(log_probs[fit], y[fit]),
+                      np.zeros(log_probs.shape[1])) * len(held)
+        biased += _nll(log_probs[held], y[held],
+                       *fit_temperature_and_bias(log_probs[fit], y[fit])) * len(held)
+    if biased >= plain:
+        return t, None
+    t, bias = fit_temperature_and_bias(log_probs, y)
+    return t, [round(float(b), 4) for b in bias]
+
+
 class FeatureDistribution(BaseModel):
     """Where the training features lie, for one input pattern."""
 
@@ -142,6 +211,9 @@ class Calibration(BaseModel):
     training feature distribution. Stored in the checkpoint as plain data."""
 
     temperature: dict[str, float] = Field(default_factory=dict)
+    bias: dict[str, list[float]] = Field(default_factory=dict, description="Per pattern, "
+                                         "a class bias added after the temperature "
+                                         "(recalibration cohorts only; most have none).")
     ece_before: dict[str, float] = Field(default_factory=dict)
     ece_after: dict[str, float] = Field(default_factory=dict)
     n_validation: int = 0
@@ -168,11 +240,14 @@ class Calibration(BaseModel):
                 if (n := self.n_fitted.get(p, self.n_validation)) < MIN_FIT_SUBJECTS}
 
     def calibrate(self, log_probs: np.ndarray, patterns: Sequence[str]) -> np.ndarray:
-        """Log-probabilities divided by each row's pattern temperature, renormalised."""
+        """Log-probabilities divided by each row's pattern temperature, plus its class bias
+        if it has one, renormalised."""
         from scipy.special import log_softmax
 
+        log_probs = np.asarray(log_probs)
         t = np.array([self.temperature.get(p, 1.0) for p in patterns])[:, None]
-        return log_softmax(np.asarray(log_probs) / t, axis=1)
+        bias = np.array([self.bias.get(p, [0.0] * log_probs.shape[1]) for p in patterns])
+        return log_softmax(log_probs / t + bias, axis=1)
 
     def out_of_distribution(self, features: np.ndarray | None, patterns: Sequence[str]
                             ) -> list[tuple[float, float] | None]:

@@ -7,7 +7,12 @@ reference's record-only answers: 1.75 on its validation split, 1.21 on 400 new s
 and a new scanner or population changes it again. Recalibrating on a few hundred held-out
 subjects of the population the model will be used on (a site's own labelled scans, say)
 fixes both without retraining: the network, its training feature distribution and the
-out-of-distribution thresholds stay as trained; only the temperatures change.
+out-of-distribution thresholds stay as trained; only the temperatures change. On request
+(``class_bias``), where a pattern has at least ``MIN_BIAS_SUBJECTS`` labelled subjects
+and it lowers the cross-validated log loss, a class bias joins its temperature: answers
+that lean towards one class as a whole on this population (the demo model's MRI-only
+answers gave CN 0.57 on average to 400 subjects of whom 0.47 were CN), which no
+temperature mends.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mediad.data.records import ManifestRow, load_manifest
 from mediad.engine.calibration import (
     MIN_FIT_SUBJECTS,
     Calibration,
+    fit_class_bias,
     fit_temperature,
     model_patterns,
 )
@@ -45,6 +51,10 @@ class PatternRefit(BaseModel):
     n: int
     old_temperature: float
     new_temperature: float | None
+    old_bias: list[float] | None = None
+    new_bias: list[float] | None = Field(None, description="The class bias fitted beside "
+                                         "the new temperature, if it lowered the "
+                                         "cross-validated log loss.")
     ece_uncalibrated: float | None
     ece_old: float | None
     ece_new: float | None
@@ -64,6 +74,7 @@ class Recalibration(BaseModel):
 def recalibrate(checkpoint: str | Path, manifest: str | Path, out: str | Path, *,
                 workers: int = 1, mni_inputs: bool = False, batch_size: int = 16,
                 force: bool = False, min_subjects: int = MIN_SUBJECTS,
+                class_bias: bool = False,
                 progress: Callable[[int, int], None] | None = None) -> Recalibration:
     """Refit each input pattern's temperature on a labelled cohort and write the
     checkpoint with them to ``out`` (atomically; ``out`` may be ``checkpoint`` itself).
@@ -83,6 +94,10 @@ def recalibrate(checkpoint: str | Path, manifest: str | Path, out: str | Path, *
         batch_size: subjects per forward pass.
         force: recalibrate even on subjects the model was trained on (over-confident fit).
         min_subjects: a pattern with fewer labelled subjects keeps its temperature.
+        class_bias: also try a class bias beside each temperature (patterns with at least
+            ``MIN_BIAS_SUBJECTS`` labelled subjects; kept where it lowers the 5-fold
+            cross-validated log loss): for a population whose class mix the model's
+            answers miss as a whole. It is that population's correction: off by default.
         progress: called with (done, total) forward passes.
 
     Returns:
@@ -120,7 +135,7 @@ def recalibrate(checkpoint: str | Path, manifest: str | Path, out: str | Path, *
     refits = {}
     for pattern in patterns:
         y, log_p = scored[pattern]
-        refits[pattern] = _refit(pattern, y, log_p, old, new, min_subjects)
+        refits[pattern] = _refit(pattern, y, log_p, old, new, min_subjects, class_bias)
     refitted = [p for p, r in refits.items() if r.new_temperature is not None]
     if refitted:
         new.fitted_on = (f"{len(rows)} labelled subjects of a recalibration cohort (manifest "
@@ -181,31 +196,38 @@ def _score(predictor: Predictor, rows: list[ManifestRow], patterns: tuple[str, .
 
 
 def _refit(pattern: str, y: np.ndarray, log_p: np.ndarray, old: Calibration,
-           new: Calibration, min_subjects: int) -> PatternRefit:
-    """Fit one pattern's temperature into ``new`` (or keep the old one, saying why)."""
+           new: Calibration, min_subjects: int, class_bias: bool = False) -> PatternRefit:
+    """Fit one pattern's temperature (and, on enough subjects, a class bias where it
+    helps) into ``new``, or keep the old ones, saying why."""
     from scipy.special import softmax
 
     from mediad.metrics import expected_calibration_error
 
-    t_old = old.temperature.get(pattern, 1.0)
+    t_old, b_old = old.temperature.get(pattern, 1.0), old.bias.get(pattern)
 
-    def ece(t: float) -> float | None:
-        return (round(expected_calibration_error(y, softmax(log_p / t, axis=1)), 4)
-                if len(y) else None)
+    def ece(t: float, bias: list[float] | None = None) -> float | None:
+        z = log_p / t + (0.0 if bias is None else np.asarray(bias))
+        return round(expected_calibration_error(y, softmax(z, axis=1)), 4) if len(y) else None
 
-    note, t_new = "", None
+    note, t_new, b_new = "", None, None
     if len(y) < min_subjects:
         note = (f"kept: {len(y)} labelled subjects with these inputs, fewer than "
                 f"{min_subjects}")
     elif len(np.unique(y)) < 2:
         note = "kept: every subject with these inputs has the same diagnosis"
     else:
-        t_new = round(fit_temperature(log_p, y), 4)
+        t, b_new = fit_class_bias(log_p, y) if class_bias else (fit_temperature(log_p, y),
+                                                                 None)
+        t_new = round(t, 4)
         new.temperature[pattern] = t_new
+        new.bias.pop(pattern, None)  # an old bias belongs to the old temperature
+        if b_new is not None:
+            new.bias[pattern] = b_new
         new.n_fitted[pattern] = len(y)
         new.ece_before[pattern] = ece(1.0) or 0.0
-        new.ece_after[pattern] = ece(t_new) or 0.0
+        new.ece_after[pattern] = ece(t_new, b_new) or 0.0
     return PatternRefit(n=len(y), old_temperature=t_old, new_temperature=t_new,
-                        ece_uncalibrated=ece(1.0), ece_old=ece(t_old),
-                        ece_new=None if t_new is None else ece(t_new), note=note)
+                        old_bias=b_old, new_bias=b_new, ece_uncalibrated=ece(1.0),
+                        ece_old=ece(t_old, b_old),
+                        ece_new=None if t_new is None else ece(t_new, b_new), note=note)
 

@@ -60,6 +60,39 @@ def test_temperatures_are_refitted_on_the_cohort_and_the_rest_is_kept(
         p: r.new_temperature for p, r in result.patterns.items()}
 
 
+def test_a_class_bias_when_asked_for_and_predictions_use_it(
+        tiny_run: Path, tmp_path: Path) -> None:
+    """120 records without MRIs: the record-only pattern has enough subjects for a class
+    bias; asked for, whatever the cross-validation decides is what the checkpoint holds
+    and what predictions use."""
+    from mediad.data.simulate import SimulationConfig, simulate_cohort
+    from mediad.engine.calibration import MIN_BIAS_SUBJECTS, fit_class_bias
+
+    cohort = simulate_cohort(SimulationConfig(n_subjects=120, seed=6, spacing=6.0,
+                                              missing_mri_rate=0.5, subject_offset=8000),
+                             tmp_path / "records")
+    table = pd.read_csv(cohort / "manifest.csv", dtype=str)
+    table["mri_path"] = ""  # records only: no MRI to render or preprocess
+    table.to_csv(cohort / "manifest.csv", index=False)
+    out = tmp_path / "recalibrated" / "best.pt"
+    plain = recalibrate(tiny_run / "best.pt", cohort / "manifest.csv", out)
+    assert plain.patterns["record"].new_bias is None  # off unless asked for
+    assert not Predictor(out).calibration.bias
+    result = recalibrate(tiny_run / "best.pt", cohort / "manifest.csv", out, class_bias=True)
+    old, new = Predictor(tiny_run / "best.pt"), Predictor(out)
+    rows = [r for r in load_manifest(cohort / "manifest.csv").rows
+            if r.diagnosis in old.classes]
+    assert len(rows) >= MIN_BIAS_SUBJECTS and result.patterns["record"].n == len(rows)
+    y = np.array([old.classes.index(r.diagnosis) for r in rows])
+    log_p = old.run_network([(None, r) for r in rows])["log_p"]
+    t, bias = fit_class_bias(log_p, y)
+    assert new.calibration.temperature["record"] == pytest.approx(t, rel=1e-3)
+    assert result.patterns["record"].new_bias == bias == new.calibration.bias.get("record")
+    p = new.predict(None, rows[0])
+    expected = log_softmax(log_p[:1] / t + np.asarray(bias or [0.0] * 3), axis=1)[0]
+    np.testing.assert_allclose(list(p.probabilities.values()), np.exp(expected), atol=1e-4)
+
+
 def test_too_few_subjects_keep_their_temperature(tiny_run: Path, in_distribution_cohort: Path,
                                                  tmp_path: Path) -> None:
     out = tmp_path / "best.pt"
