@@ -4,9 +4,10 @@ A probability means what it says only if, of the subjects given 0.8, about 8 in 
 right. Networks trained to a low loss are over-confident, and differently so for each
 input pattern (an MRI-only answer is not as sure as one with the record). So each pattern
 gets its own temperature, fitted on the validation split after training (Guo et al.
-2017), and stored in the checkpoint. A recalibration cohort large enough may also give a
-pattern a class bias (bias-corrected temperature scaling, Alexandari et al. 2020): an
-MRI-only answer can lean towards one class as a whole, which no temperature mends. The
+2017), and stored in the checkpoint. Recalibration on a large enough cohort may, on
+request, also give a pattern a class bias (bias-corrected temperature scaling, Alexandari
+et al. 2020): an MRI-only answer can lean towards one class as a whole, which no
+temperature mends. The
 same pass fits, per pattern, the training distribution of the features the label is read
 from (mean and Ledoit-Wolf precision), so that a prediction far from everything the model
 was trained on says so (Mahalanobis distance, threshold at a validation percentile).
