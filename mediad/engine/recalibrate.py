@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from mediad.data.records import ManifestRow, load_manifest
 from mediad.engine.calibration import (
+    MIN_BIAS_SUBJECTS,
     MIN_FIT_SUBJECTS,
     Calibration,
     fit_class_bias,
@@ -218,6 +219,11 @@ def _refit(pattern: str, y: np.ndarray, log_p: np.ndarray, old: Calibration,
     else:
         t, b_new = fit_class_bias(log_p, y) if class_bias else (fit_temperature(log_p, y),
                                                                  None)
+        if class_bias and b_new is None:  # asked for: say why there is none
+            note = (f"no class bias: {len(y)} labelled subjects, fewer than "
+                    f"{MIN_BIAS_SUBJECTS}" if len(y) < MIN_BIAS_SUBJECTS else
+                    "no class bias: it did not lower the cross-validated log loss, or a "
+                    "diagnosis has fewer than 5 subjects")
         t_new = round(t, 4)
         new.temperature[pattern] = t_new
         new.bias.pop(pattern, None)  # an old bias belongs to the old temperature

@@ -88,6 +88,7 @@ def test_a_class_bias_when_asked_for_and_predictions_use_it(
     t, bias = fit_class_bias(log_p, y)
     assert new.calibration.temperature["record"] == pytest.approx(t, rel=1e-3)
     assert result.patterns["record"].new_bias == bias == new.calibration.bias.get("record")
+    assert (bias is None) == result.patterns["record"].note.startswith("no class bias")
     p = new.predict(None, rows[0])
     expected = log_softmax(log_p[:1] / t + np.asarray(bias or [0.0] * 3), axis=1)[0]
     np.testing.assert_allclose(list(p.probabilities.values()), np.exp(expected), atol=1e-4)
