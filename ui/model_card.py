@@ -70,11 +70,13 @@ if predictor.calibration is not None:
     st.dataframe(pd.DataFrame(table).T, width="stretch")
     where = (f"the {cal.n_validation} validation subjects" if cal.fitted_on ==
              "validation split" else cal.fitted_on + " (`mediad calibrate`)")
+    bias = (f" A class bias (per class, in the order {' / '.join(predictor.classes)}) is "
+            "added after the temperature: on the recalibration cohort those answers leaned "
+            "towards one class as a whole (`mediad calibrate --class-bias`); it is that "
+            "population's correction." if cal.bias else "")
     st.caption(f"Each temperature was fitted on {where}; the 'fit ECE' columns are read on "
-               "those subjects. A class bias (per class, in the order "
-               f"{' / '.join(predictor.classes)}) is added after the temperature where a "
-               "recalibration cohort showed the answers leaning towards one class. ECE on a "
-               "few dozen subjects is noisy (see the Cohort page's floor).")
+               f"those subjects.{bias} ECE on a few dozen subjects is noisy (see the Cohort "
+               "page's floor).")
     if rough := cal.roughly_fitted():
         st.warning(f"Temperatures fitted on fewer than {MIN_FIT_SUBJECTS} subjects ("
                    + ", ".join(f"{PATTERN_NAMES.get(p, p)}: {n}" for p, n in rough.items())

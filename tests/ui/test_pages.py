@@ -400,6 +400,7 @@ def test_model_card_of_a_recalibrated_model(app_env: Path) -> None:
         ck = load_checkpoint(path)
         ck["calibration"]["fitted_on"] = "200 labelled subjects of a recalibration cohort"
         ck["calibration"]["n_fitted"] = {"mri+record": 190, "mri": 190, "record": 200}
+        ck["calibration"]["bias"] = {"mri": [0.0, 1.5, -0.25]}  # --class-bias
         save_checkpoint(path, ck)
         at.run()  # the sidebar lists the models found at each run
         choose_model(at, other)
@@ -408,6 +409,8 @@ def test_model_card_of_a_recalibrated_model(app_env: Path) -> None:
         assert table.loc["MRI only", "temperature"] == 0.5
         assert "fitted on 200 labelled subjects of a recalibration cohort" in texts(at)
         assert list(table["fitted on (subjects)"]) == [190, 190, 200]
+        assert list(table["class bias"]) == ["none", "+0.00 / +1.50 / -0.25", "none"]
+        assert "population's correction" in texts(at)
         assert not any("are rough" in w.value for w in at.warning)
 
 
