@@ -7,10 +7,10 @@ gets its own temperature, fitted on the validation split after training (Guo et 
 2017), and stored in the checkpoint. Recalibration on a large enough cohort may, on
 request, also give a pattern a class bias (bias-corrected temperature scaling, Alexandari
 et al. 2020): an MRI-only answer can lean towards one class as a whole, which no
-temperature mends. The
-same pass fits, per pattern, the training distribution of the features the label is read
-from (mean and Ledoit-Wolf precision), so that a prediction far from everything the model
-was trained on says so (Mahalanobis distance, threshold at a validation percentile).
+temperature mends. The same pass fits, per pattern, the training distribution of the
+features the label is read from (mean and Ledoit-Wolf precision), so that a prediction
+far from everything the model was trained on says so (Mahalanobis distance, threshold at
+a validation percentile).
 """
 
 from __future__ import annotations
@@ -100,7 +100,6 @@ def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
     over log T in [MIN_TEMPERATURE, MAX_TEMPERATURE]; 1.0 when there are too few labelled
     samples)."""
     from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
 
     keep = y >= 0
     log_probs, y = log_probs[keep], y[keep]
@@ -108,8 +107,7 @@ def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
         return 1.0
 
     def nll(log_t: float) -> float:
-        lp = log_softmax(log_probs / np.exp(log_t), axis=1)
-        return float(-lp[np.arange(len(y)), y].mean())
+        return _nll(log_probs, y, np.exp(log_t), 0.0)
 
     best = minimize_scalar(nll, bounds=(np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)),
                            method="bounded")
@@ -122,7 +120,7 @@ def fit_temperature(log_probs: np.ndarray, y: np.ndarray) -> float:
 MIN_BIAS_SUBJECTS = 100
 
 
-def _nll(log_probs: np.ndarray, y: np.ndarray, t: float, bias: np.ndarray) -> float:
+def _nll(log_probs: np.ndarray, y: np.ndarray, t: float, bias: np.ndarray | float) -> float:
     from scipy.special import log_softmax
 
     lp = log_softmax(log_probs / t + bias, axis=1)
@@ -214,7 +212,7 @@ class Calibration(BaseModel):
     temperature: dict[str, float] = Field(default_factory=dict)
     bias: dict[str, list[float]] = Field(default_factory=dict, description="Per pattern, "
                                          "a class bias added after the temperature "
-                                         "(recalibration cohorts only; most have none).")
+                                         "(`mediad calibrate --class-bias` only).")
     ece_before: dict[str, float] = Field(default_factory=dict)
     ece_after: dict[str, float] = Field(default_factory=dict)
     n_validation: int = 0
