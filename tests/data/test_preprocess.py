@@ -251,36 +251,44 @@ def test_where_the_grid_falls_does_not_change_the_texture() -> None:
     assert default < 0.05 and linear > 2 * default, (default, linear)
 
 
-def test_n4_removes_a_scanners_bias_field(tmp_path: Path) -> None:
-    """One brain under three bias-field draws as strong as the strongest site's. After N4
-    they must be nearly the same image: the pairwise differences (each image scaled to its
-    median) had sd 0.071-0.139 before and 0.013-0.016 after; the earlier two-level N4 left
-    0.043-0.072."""
+def test_n4_takes_out_a_bias_field_and_leaves_the_brain(tmp_path: Path) -> None:
+    """One brain, bias-free and under three bias fields as strong as the strongest site's.
+    N4 must bring each scan nearer the bias-free one, and leave the bias-free one nearly as
+    it was: a correction that also flattens anatomy passes the first and fails the second.
+    (Four fitting levels on an 8 mm grid made two bias draws nearly identical, but changed
+    the bias-free scan by sd 0.052: the reference model trained on that moved its MRI-only
+    answers twice as much between two scans of one brain.)"""
     from monai.transforms import RandBiasField
+    from scipy import ndimage
 
     from mediad.data.simulate import render_subject
 
     truth = {"hippocampal_atrophy": 0.1, "global_atrophy": 0.1, "n_lesions": 2,
              "site_index": 1, "head_scale": 1.0}
     brain, affine = render_subject(truth, spacing=3.0, seed=5, site_effects=False)
-    inside = brain > 0.05
+    inside = ndimage.binary_erosion(brain > 0, iterations=1)
     config = PreprocessConfig(n4=True, registration=False)
 
     def scaled(values: np.ndarray) -> np.ndarray:
         return values / np.median(values)
 
-    raw, corrected = [], []
+    def corrected(scan: np.ndarray, name: str) -> np.ndarray:
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(scan, affine), str(path))
+        result = preprocess_file(path, config, tmp_path / "cache")
+        assert result.qc.steps == ["already_brain_extracted", "n4"]
+        return scaled(nib.load(result.image).get_fdata()[inside])
+
+    clean = scaled(brain[inside])
+    # measured: 0.003 (four levels: 0.052)
+    assert np.std(corrected(brain, "clean") - clean) < 0.02
+    before, after = [], []
     for seed in (1, 3, 5):
         field = RandBiasField(degree=3, coeff_range=(0.0, 0.3), prob=1.0)
         field.set_random_state(seed=seed)
         scan = np.asarray(field(brain[None])[0], dtype=np.float32) * (brain > 0)
-        path = tmp_path / f"scan{seed}.nii.gz"
-        nib.save(nib.Nifti1Image(scan, affine), str(path))
-        result = preprocess_file(path, config, tmp_path / "cache")
-        assert result.qc.steps == ["already_brain_extracted", "n4"]
-        raw.append(scaled(scan[inside]))
-        corrected.append(scaled(nib.load(result.image).get_fdata()[inside]))
-    pairs = [(0, 1), (0, 2), (1, 2)]
-    before = [float(np.std(raw[a] - raw[b])) for a, b in pairs]
-    after = [float(np.std(corrected[a] - corrected[b])) for a, b in pairs]
-    assert max(after) < 0.3 * min(before), (before, after)
+        before.append(np.std(scaled(scan[inside]) - clean))
+        after.append(np.std(corrected(scan, f"scan{seed}") - clean))
+    # measured: 0.068-0.073 from 0.076-0.101. A field this steep on a 3 mm grid varies on
+    # the scale of the anatomy, so no smooth correction can take it all.
+    assert np.mean(after) < 0.85 * np.mean(before), (before, after)
