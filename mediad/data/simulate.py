@@ -46,6 +46,7 @@ from mediad.workers import process_pool
 
 __all__ = [
     "HIPPOCAMPUS_CENTERS_MM",
+    "SCANNER_PARTS",
     "SIMULATOR_VERSION",
     "SITES",
     "UNSEEN_SITES",
@@ -423,10 +424,28 @@ def head_pose(truth: dict[str, Any]) -> np.ndarray:
 PARTIAL_RECORD_DROPS = ("mmse", "cdr_sb", "adas13", "faq")
 
 
+ScannerPart = Literal["contrast", "blur", "bias", "noise", "noise_pattern"]
+#: The draws each part of a scan is made of (``render_subject(redraw=...)``).
+SCANNER_PARTS: dict[str, tuple[str, ...]] = {
+    "contrast": ("contrast",), "blur": ("blur",), "bias": ("bias", "bias_seed"),
+    "noise": ("noise", "noise_seed"), "noise_pattern": ("noise_seed",)}
+
+
+def _scanner_draws(rng: np.random.Generator) -> dict[str, Any]:
+    """One scan's jitter of the site's contrast, blur, bias and noise, and the seeds of its
+    bias field and noise, in the order the simulator has always drawn them."""
+    jitter = np.exp(rng.normal(0.0, 0.06, 4))
+    bias_seed = int(rng.integers(2**31))
+    return {"contrast": jitter[0], "blur": jitter[1], "bias": jitter[2], "noise": jitter[3],
+            "bias_seed": bias_seed, "noise_seed": int(rng.integers(2**31))}
+
+
 def render_subject(truth: dict[str, Any], spacing: float = 3.0,
                    shape: tuple[int, int, int] | None = None, seed: int = 0,
                    site_effects: bool = True, site: SiteProfile | None = None,
-                   scan_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   scan_seed: int | None = None,
+                   redraw: tuple[ScannerPart, int] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Render one T1 volume (RAS, float32, intensities ~[0, 1]) from a subject's causes.
 
     Args:
@@ -443,6 +462,10 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
         site: the scanner (default: ``SITES[truth["site_index"]]``).
         scan_seed: seed of the scanner's draws alone: the same brain (its lesions from
             ``seed``) scanned again. Default: they continue ``seed``'s stream.
+        redraw: ``(part, seed)``: draw one part of the scan (``"contrast"``, ``"blur"``,
+            ``"bias"``, ``"noise"`` or ``"noise_pattern"``, the noise at the same level)
+            from its own seed and keep the others; which part of a second scan moves an
+            answer (``benchmarks/bench_rescan_parts.py``).
 
     Returns:
         ``(volume, affine)`` with the volume in RAS orientation.
@@ -503,16 +526,20 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
     site = site or SITES[int(truth["site_index"])]
     if scan_seed is not None:  # the same brain, scanned again
         rng = np.random.default_rng(scan_seed)
-    jitter = np.exp(rng.normal(0.0, 0.06, 4))
+    draws = _scanner_draws(rng)
+    if redraw is not None:
+        part, part_seed = redraw
+        other = _scanner_draws(np.random.default_rng(part_seed))
+        draws.update({key: other[key] for key in SCANNER_PARTS[part]})
     img = t1[None]
-    img = AdjustContrast(gamma=site.gamma * jitter[0])(img)
+    img = AdjustContrast(gamma=site.gamma * draws["contrast"])(img)
     if site.blur_mm > 0:
-        img = GaussianSmooth(sigma=site.blur_mm * jitter[1] / spacing)(img)
-    bias = RandBiasField(degree=3, coeff_range=(0.0, site.bias * jitter[2]), prob=1.0)
-    bias.set_random_state(seed=int(rng.integers(2**31)))
+        img = GaussianSmooth(sigma=site.blur_mm * draws["blur"] / spacing)(img)
+    bias = RandBiasField(degree=3, coeff_range=(0.0, site.bias * draws["bias"]), prob=1.0)
+    bias.set_random_state(seed=draws["bias_seed"])
     img = bias(img)
-    noise = RandRicianNoise(prob=1.0, std=site.noise * jitter[3], sample_std=False)
-    noise.set_random_state(seed=int(rng.integers(2**31)))
+    noise = RandRicianNoise(prob=1.0, std=site.noise * draws["noise"], sample_std=False)
+    noise.set_random_state(seed=draws["noise_seed"])
     img = np.asarray(noise(img)[0], dtype=np.float32)
     if not whole_head:  # the site's own brain extraction: zero outside the brain
         img = img * (sample(tpl.mask.astype(np.float32), world) > 0.5)

@@ -182,6 +182,34 @@ def test_lesions_darken_white_matter() -> None:
     assert (clean - lesioned).max() > 0.2 and (lesioned <= clean + 1e-6).all()
 
 
+def test_one_part_of_a_scan_drawn_anew() -> None:
+    """``redraw`` changes one part of the scanner and keeps the rest: on a site without
+    blur, a new blur draw leaves the scan as it was; a new noise pattern changes it by
+    about the noise level, in white noise (measured: a 4 mm Gaussian keeps 15 % of it); a
+    new bias field changes it smoothly (90 % kept), with the noise left as it was."""
+    from mediad.data.simulate import SCANNER_PARTS, SITES
+
+    truth = {"hippocampal_atrophy": 0.1, "global_atrophy": 0.2, "n_lesions": 2,
+             "site_index": 0, "head_scale": 1.0}  # SITE-A: no blur, noise 0.015
+    assert SITES[0].blur_mm == 0
+    first, _ = render_subject(truth, 4.0, seed=2)
+    inside = first > 0.1
+    again = {part: render_subject(truth, 4.0, seed=2, redraw=(part, 7))[0]
+             for part in SCANNER_PARTS}
+    assert np.array_equal(again["blur"], first)
+
+    def smooth_share(part: str) -> float:
+        """How much of the change a 4 mm Gaussian keeps: ~1 smooth, ~0 white."""
+        change = (again[part] - first) * inside
+        return float(np.std(ndimage.gaussian_filter(change, 1.0)[inside])
+                     / np.std(change[inside]))
+
+    noise = np.std((again["noise_pattern"] - first)[inside])
+    assert 0.5 * SITES[0].noise < noise < 3 * SITES[0].noise
+    assert smooth_share("noise_pattern") < 0.3 < 0.8 < smooth_share("bias")
+    assert not np.array_equal(again["contrast"], first)
+
+
 def test_lesions_belong_to_the_brain_not_to_the_scan() -> None:
     """A second scan of one brain (moved, or with the scanner's own new draws) shows its
     lesions where the first did: they are anatomy, placed in template space."""
