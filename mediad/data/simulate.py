@@ -469,6 +469,9 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
 
     Returns:
         ``(volume, affine)`` with the volume in RAS orientation.
+
+    Raises:
+        ValueError: ``redraw`` names no part of a scan.
     """
     from monai.transforms import AdjustContrast, GaussianSmooth, RandBiasField, RandRicianNoise
 
@@ -529,6 +532,8 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
     draws = _scanner_draws(rng)
     if redraw is not None:
         part, part_seed = redraw
+        if part not in SCANNER_PARTS:
+            raise ValueError(f"redraw: unknown part {part!r}; one of {', '.join(SCANNER_PARTS)}")
         other = _scanner_draws(np.random.default_rng(part_seed))
         draws.update({key: other[key] for key in SCANNER_PARTS[part]})
     img = t1[None]

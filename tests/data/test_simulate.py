@@ -208,6 +208,8 @@ def test_one_part_of_a_scan_drawn_anew() -> None:
     assert 0.5 * SITES[0].noise < noise < 3 * SITES[0].noise
     assert smooth_share("noise_pattern") < 0.3 < 0.8 < smooth_share("bias")
     assert not np.array_equal(again["contrast"], first)
+    with pytest.raises(ValueError, match="unknown part 'gain'"):
+        render_subject(truth, 4.0, seed=2, redraw=("gain", 7))  # type: ignore[arg-type]
 
 
 def test_lesions_belong_to_the_brain_not_to_the_scan() -> None:
