@@ -30,6 +30,7 @@ _HOMES = {
     "QCRecord": "preprocess",
     "RECORD_FIELDS": "records",
     "RecordTable": "records",
+    "SCANNER_PARTS": "simulate",
     "SCHEMA_FILES": "records",
     "SIMULATOR_VERSION": "simulate",
     "SITES": "simulate",
