@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
@@ -41,6 +43,10 @@ class ImageEncoderConfig(BaseModel):
     channels: tuple[int, int, int, int] = Field((16, 32, 64, 64), description="Widths of the "
                                                 "four stages (cnn, resnet).")
     swin_feature_size: int = Field(12, ge=12, description="SwinUNETR feature size (x12).")
+    local_contrast_sigma: float = Field(
+        0.0, ge=0.0, le=16.0, description="Before the backbone, divide each brain voxel by "
+        "the brain's Gaussian-weighted mean intensity around it (sigma in voxels of the "
+        "network's grid; 0: off): a smooth multiplicative bias field cancels.")
 
     @field_validator("channels")
     @classmethod
@@ -98,12 +104,64 @@ class ImageEncoder(nn.Module):
             width = 16 * config.swin_feature_size
         self.proj = nn.Linear(width, d_model)
         self.image_size = image_size
+        self.local_contrast = (LocalContrast(config.local_contrast_sigma)
+                               if config.local_contrast_sigma > 0 else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != 1:
             raise MediADError(f"image batch must be (B, 1, D, H, W), got {tuple(x.shape)}")
+        if self.local_contrast is not None:
+            x = self.local_contrast(x)
         fmap = self.body(x)
         return self.proj(fmap.flatten(2).transpose(1, 2))  # (B, N, d_model)
+
+
+class LocalContrast(nn.Module):
+    """Each brain voxel over the brain's mean intensity around it (a normalised
+    convolution: only voxels inside the brain, where the input is above 0, count).
+
+    A multiplicative bias field that varies little within ``sigma`` cancels; what remains
+    is contrast between neighbouring tissues. The ratio is clipped to ``[0, ceiling]``
+    and the local mean floored, so a voxel surrounded by CSF cannot blow up. The Gaussian
+    runs on a grid twice as coarse, in the Fourier domain, zero-padded (no wrap-around):
+    MONAI's separable ``GaussianFilter`` at full resolution took 0.25 s for a batch of
+    eight 48³ volumes at sigma 3 on 2 cores, which tripled the demo's training time, and
+    gives the same ratios to 0.05 % on average (a test checks it).
+
+    Args:
+        sigma: Gaussian width in voxels.
+        floor: the smallest local mean divided by (the input is scaled to [0, 1]).
+        ceiling: the largest ratio kept.
+    """
+
+    def __init__(self, sigma: float, floor: float = 0.05, ceiling: float = 3.0) -> None:
+        super().__init__()
+        self.sigma, self.floor, self.ceiling = sigma, floor, ceiling
+        self.pad = math.ceil(2 * sigma)  # 4 sigma on the coarse grid
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian smoothing of ``(B, C, D, H, W)``, zero outside the volume, on a grid
+        twice as coarse (a local mean at this width is smooth), upsampled linearly."""
+        size = x.shape[2:]
+        coarse = F.avg_pool3d(x.float(), 2, ceil_mode=True)
+        sigma, p = self.sigma / 2, self.pad
+        padded = F.pad(coarse, (p, p, p, p, p, p))
+        grid = padded.shape[2:]
+        freqs = [torch.fft.fftfreq(n, device=x.device) for n in grid[:2]]
+        freqs.append(torch.fft.rfftfreq(grid[2], device=x.device))
+        f2 = (freqs[0][:, None, None] ** 2 + freqs[1][None, :, None] ** 2
+              + freqs[2][None, None, :] ** 2)
+        gain = torch.exp(-2 * math.pi ** 2 * sigma ** 2 * f2)
+        out = torch.fft.irfftn(torch.fft.rfftn(padded, dim=(2, 3, 4)) * gain, s=grid,
+                               dim=(2, 3, 4))[..., p:-p, p:-p, p:-p]
+        return F.interpolate(out, size=size, mode="trilinear", align_corners=False
+                             ).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = (x > 0).to(x.dtype)
+        both = self.blur(torch.cat([x, inside], 1))
+        local = both[:, :1] / both[:, 1:].clamp_min(1e-3)
+        return inside * (x / local.clamp_min(self.floor)).clamp(max=self.ceiling)
 
 
 def _batch_to_group_norm(module: nn.Module, groups: int = 4) -> None:
