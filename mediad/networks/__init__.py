@@ -14,6 +14,7 @@ _HOMES = {
     "ImageEncoderConfig": "encoders",
     "KINDS": "models",
     "LateFusionNet": "models",
+    "LocalContrast": "encoders",
     "MediADNet": "models",
     "Mediator": "causal",
     "MetadataNormNet": "models",

@@ -25,6 +25,7 @@ __all__ = [
     "TABULAR_FIELDS",
     "ImageEncoder",
     "ImageEncoderConfig",
+    "LocalContrast",
     "TabularEncoder",
     "TextEmbedder",
     "tabular_features",
