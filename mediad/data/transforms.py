@@ -17,7 +17,8 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
-__all__ = ["MaybeImaged", "ScalePercentiles", "ScalePercentilesd", "scanner_augmentation"]
+__all__ = ["MaybeImaged", "ScalePercentiles", "ScalePercentilesd", "pose_augmentation",
+           "scanner_augmentation"]
 
 
 class ScalePercentiles(ScaleIntensityRangePercentiles):
@@ -109,6 +110,35 @@ def scanner_augmentation(key: str = "image", lower_percentile: float = 0.5,
         ScalePercentilesd(key, lower=lower_percentile, upper=upper_percentile, b_min=0.0,
                           b_max=1.0, clip=True),
     ])
+
+
+def pose_augmentation(key: str = "image", shape: Sequence[int] | None = None,
+                      degrees: float = 3.0, shift: float = 1.0, scale: float = 0.03
+                      ) -> Compose:
+    """Jitter a registered brain's pose by about what registration leaves behind.
+
+    Registration puts every training brain on the same voxels, so a network trained on
+    them alone keys on exact positions: rolled by one 3 mm voxel, 96 brains' MRI-only
+    answers from the reference model (one forward pass, calibrated) moved by 0.15 on
+    average and up to 0.99; trained with this jitter, by 0.05. Registration leaves less than
+    a voxel, but enough that its residual moved answers more than the model's accuracy
+    allows (README, "Pose").
+
+    Args:
+        key: the image key.
+        shape: the images' shape, when all share it: the sampling grid is then built once
+            (5.8 ms a 48³ sample instead of 7.8; the same output).
+        degrees: the largest rotation about each axis.
+        shift: the largest shift along each axis, in voxels.
+        scale: the largest relative change of size along each axis.
+    """
+    from monai.transforms import RandAffined, ToTensord
+
+    return Compose([RandAffined(key, prob=1.0, rotate_range=[np.deg2rad(degrees)] * 3,
+                                translate_range=[shift] * 3, scale_range=[scale] * 3,
+                                mode="bilinear", padding_mode="zeros",
+                                spatial_size=shape, cache_grid=shape is not None),
+                    ToTensord(key, track_meta=False)])
 
 
 class _MarkBackground:

@@ -29,6 +29,9 @@ class DataConfig(BaseModel):
     text_model: str = "all-minilm-l6-v2"
     augment: bool = Field(False, description="Randomise scanner effects (interventional "
                           "augmentation).")
+    augment_pose: bool = Field(False, description="Also jitter each registered training "
+                               "brain's pose by about registration's residual (rotations up "
+                               "to 3°, shifts up to a voxel, scale ±3 %).")
     cache_dir: Path | None = Field(None, description="Summaries, embeddings and "
                                    "preprocessed MRIs cache.")
     workers: int = Field(2, ge=1, le=64, description="Processes preprocessing raw MRIs.")

@@ -14,7 +14,7 @@ import torch
 from mediad.data.imaging import ImagingConfig, build_transforms
 from mediad.data.preprocess import QCRecord, preprocess_paths
 from mediad.data.records import ClinicalRecord, ManifestRow
-from mediad.data.transforms import MaybeImaged, scanner_augmentation
+from mediad.data.transforms import MaybeImaged, pose_augmentation, scanner_augmentation
 from mediad.engine.config import TrainConfig
 from mediad.errors import InputError, Issue
 from mediad.networks.encoders import TextEmbedder, tabular_features
@@ -114,13 +114,18 @@ def prepare_images(rows: Sequence[ManifestRow], imaging: ImagingConfig, cache: P
 
 
 def make_dataset(samples: list[dict[str, Any]], imaging: ImagingConfig, augment: bool,
-                 cache: bool = True, cache_dir: Path | None = None) -> Any:
-    """A MONAI dataset over ``samples``; preprocessed volumes are read from ``cache_dir``."""
+                 cache: bool = True, cache_dir: Path | None = None,
+                 augment_pose: bool = False) -> Any:
+    """A MONAI dataset over ``samples``; preprocessed volumes are read from ``cache_dir``.
+    ``augment`` randomises the scanner, ``augment_pose`` the brain's pose (both after the
+    cache, so every epoch draws anew)."""
     from monai.data import CacheDataset, Dataset
     from monai.transforms import Compose
 
     steps: list[Any] = [MaybeImaged(build_transforms(imaging, cache_dir=cache_dir),
                                     imaging.shape)]
+    if augment_pose:
+        steps.append(pose_augmentation("image", imaging.shape))
     if augment:
         steps.append(scanner_augmentation("image", imaging.lower_percentile,
                                           imaging.upper_percentile))

@@ -310,7 +310,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
             find_unused_parameters=True)
     cache = cache_root(config)
     train_set = make_dataset(samples["train"], imaging, config.data.augment,
-                             cache_dir=cache)
+                             cache_dir=cache, augment_pose=config.data.augment_pose)
     # MONAI's random transforms start from an unseeded RNG: the first prototype refresh
     # below reads augmented images, so an unseeded start made every augmented run differ
     _seed_augmentation(train_set, oc.seed)
@@ -423,7 +423,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                        f"(up to {oc.epochs} epochs)")
     # the training set as evaluation reads it (the cached one, unless it is augmented)
     train_eval = DataLoader(make_dataset(samples["train"], imaging, False, cache_dir=cache)
-                            if config.data.augment else train_set,
+                            if config.data.augment or config.data.augment_pose else train_set,
                             batch_size=oc.batch_size, shuffle=False)
     return _finish(config, out, model, eval_loaders, device, state, meta, d, train_eval)
 

@@ -1,4 +1,4 @@
-"""Dataset-level transforms: the optional MRI and the scanner augmentation."""
+"""Dataset-level transforms: the optional MRI, the scanner and the pose augmentation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from mediad.data.imaging import ImagingConfig
-from mediad.data.transforms import MaybeImaged, ScalePercentiles, scanner_augmentation
+from mediad.data.transforms import (
+    MaybeImaged,
+    ScalePercentiles,
+    pose_augmentation,
+    scanner_augmentation,
+)
 from mediad.engine.samples import make_dataset
 
 
@@ -29,6 +34,37 @@ def test_scanner_augmentation_keeps_the_ingest_scale_and_the_background() -> Non
         out = aug(x)["image"]
         assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
         assert bool((out[x["image"] == 0] == 0).all())  # no noise outside the brain
+
+
+def test_pose_augmentation_moves_the_brain_a_little_and_reproducibly() -> None:
+    brain = _brain()
+    aug = pose_augmentation("image", brain.shape[1:])
+    aug.set_random_state(0)
+    first = [aug({"image": brain})["image"] for _ in range(3)]
+    aug.set_random_state(0)
+    again = [aug({"image": brain})["image"] for _ in range(3)]
+    for out, same in zip(first, again, strict=True):
+        assert type(out) is torch.Tensor and out.shape == brain.shape  # no MONAI metadata
+        assert torch.equal(out, same)  # seeded through the transform's own RNG
+        moved = float((out - brain).abs().mean()) / float(brain.mean())
+        assert 0.01 < moved < 0.5  # moved, but by a voxel or so, not a different image
+        assert abs(float(out.sum()) / float(brain.sum()) - 1) < 0.15  # scale within ±3 %
+    assert not torch.equal(first[0], first[1])  # every draw is a new pose
+
+
+def test_pose_augmentation_redraws_every_epoch(
+        brain: tuple[np.ndarray, np.ndarray], write_nifti: Callable[..., Path]) -> None:
+    """The pose is drawn after the cache, so a cached dataset still gives a new pose for
+    every read (a pose cached with the volume would be one more fixed position)."""
+    vol, aff = brain
+    samples = [{"image": str(write_nifti(vol, affine=aff)), "label": 0}]
+    imaging = ImagingConfig(spacing=(4.0, 4.0, 4.0), shape=(32, 32, 32), preprocess=None)
+    data = make_dataset(samples, imaging, augment=False, augment_pose=True)
+    data.transform.set_random_state(0)
+    a, b = data[0]["image"], data[0]["image"]
+    plain = make_dataset(samples, imaging, augment=False)[0]["image"]
+    assert a.shape == b.shape == plain.shape == (1, 32, 32, 32)
+    assert not torch.equal(a, b) and not torch.equal(a, plain)
 
 
 def test_a_missing_mri_is_a_blank_flagged_volume() -> None:

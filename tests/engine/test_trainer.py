@@ -303,11 +303,12 @@ def test_selection_on_each_input_pattern(tiny_cohort: Path, tmp_path: Path, run:
 
 
 def test_augmented_training_is_reproducible(tiny_cohort: Path, tmp_path: Path) -> None:
-    """Two runs with scanner augmentation train the same model: MONAI's random transforms
-    start unseeded, and the first prototype refresh reads augmented images (every
-    augmented run used to differ from the first epoch on)."""
+    """Two runs with scanner and pose augmentation train the same model: MONAI's random
+    transforms start unseeded, and the first prototype refresh reads augmented images
+    (every augmented run used to differ from the first epoch on)."""
     config = tiny_train_config(tiny_cohort)
-    config = config.model_copy(update={"data": config.data.model_copy(update={"augment": True})})
+    config = config.model_copy(update={"data": config.data.model_copy(
+        update={"augment": True, "augment_pose": True})})
     for name in ("a", "b"):
         train(config, tmp_path / name, show_progress=False, max_epochs=2)
     a, b = ([json.loads(line)["train_loss"] for line in (tmp_path / n / "metrics.jsonl").open()]
