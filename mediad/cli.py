@@ -648,7 +648,7 @@ def demo(
                                               "and the rest of the record add.")] = False,
     reference: Annotated[bool, typer.Option(help="Also build the reference model: the same "
                                             "network trained on 600 subjects with scanner "
-                                            "augmentation for 40 epochs (about 8 minutes "
+                                            "augmentation for 40 epochs (about 12 minutes "
                                             "on 2 cores), whose MRI-only answers read the "
                                             "anatomy rather than the scanner.")] = False,
 ) -> None:

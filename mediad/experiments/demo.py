@@ -161,7 +161,7 @@ def ensure_demo_model(root: Path | None = None, show_progress: bool = True,
         label_blind: the model without MMSE and CDR-SB (in ``demo-model-label-blind``).
         reference: the reference model instead (``reference.yaml`` on the reference
             cohort, in ``reference-model``, recalibrated on
-            ``reference-calibration-cohort``): about 8 minutes on 2 cores, not 1-3.
+            ``reference-calibration-cohort``): about 12 minutes on 2 cores, not 1-3.
 
     Returns:
         ``(best checkpoint, built)``.
