@@ -65,6 +65,7 @@ _HOMES = {
     "make_splits": "splits",
     "max_voxels": "nifti",
     "output_grid": "simulate",
+    "pose_augmentation": "transforms",
     "preprocess_file": "preprocess",
     "preprocess_manifest": "preprocess",
     "preprocess_paths": "preprocess",

@@ -119,10 +119,10 @@ def pose_augmentation(key: str = "image", shape: Sequence[int] | None = None,
 
     Registration puts every training brain on the same voxels, so a network trained on
     them alone keys on exact positions: rolled by one 3 mm voxel, 96 brains' MRI-only
-    answers from the reference model (one forward pass, calibrated) moved by 0.15 on
-    average and up to 0.99; trained with this jitter, by 0.05. Registration leaves less than
-    a voxel, but enough that its residual moved answers more than the model's accuracy
-    allows (README, "Pose").
+    answers from the reference recipe without this jitter (one forward pass, calibrated)
+    moved by 0.15 on average and up to 0.99; with it, by 0.05. Registration leaves less
+    than a voxel, but enough that its residual moved answers more than the target allows
+    (README, "Pose").
 
     Args:
         key: the image key.
