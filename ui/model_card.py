@@ -111,6 +111,11 @@ if cfg.model.inputs[0] and not cfg.data.augment:
                "link is reversed, and changed between two scans of one brain by up to 0.66 "
                "(README, \"Pose\"). The demo and reference models train with scanner "
                "augmentation.")
+if cfg.model.inputs[0] and not cfg.data.augment_pose:
+    st.info("Trained without pose augmentation: from an MRI alone, a brain moved in the "
+            "scanner (registered again) changed the demo model's answer by up to 0.15, "
+            "where the reference model, trained with it, changed by up to 0.05; with the "
+            "record, both by at most 0.05 (README, \"Pose\").")
 if cfg.model.kind == "tabular":
     st.warning("This tabular baseline's checkpoint holds its training matrix (numeric record "
                "fields, no ids, rows shuffled): scikit-learn models cannot be restored "

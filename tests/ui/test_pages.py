@@ -355,6 +355,7 @@ def test_model_card(app_env: Path) -> None:
     assert any("label-blind" in b.label for b in at.button)
     # trained without scanner augmentation: the card says what its MRI path may read
     assert any("without scanner augmentation" in w.value for w in at.warning)
+    assert any("without pose augmentation" in i.value for i in at.info)
     # calibration per input pattern, as a table of its own
     assert "Calibration per input pattern" in shown
     table = next(d.value for d in at.dataframe if "temperature" in d.value.columns)
