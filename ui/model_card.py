@@ -114,7 +114,7 @@ if cfg.model.inputs[0] and not cfg.data.augment:
 if cfg.model.inputs[0] and not cfg.data.augment_pose:
     st.info("Trained without pose augmentation: from an MRI alone, a brain moved in the "
             "scanner (registered again) changed the demo model's answer by up to 0.15, "
-            "where the reference model, trained with it, changed by up to 0.05; with the "
+            "where the reference model, trained with it, changed by up to 0.052; with the "
             "record, both by at most 0.05 (README, \"Pose\").")
 if cfg.model.kind == "tabular":
     st.warning("This tabular baseline's checkpoint holds its training matrix (numeric record "
