@@ -404,6 +404,63 @@ def _bump(points: np.ndarray, center: tuple[float, ...], radii: tuple[float, ...
     return np.clip(1.0 - (rho / 1.5) ** 2, 0.0, None) ** 2
 
 
+def _in_box(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Indices of the points (N x 3) strictly inside the box ``(lo, hi)``: the only ones a
+    local effect can change (computing effects on the whole grid took most of a subject's
+    time). One axis at a time, each on the survivors of the last."""
+    x = points[:, 0]
+    idx = np.flatnonzero((x > lo[0]) & (x < hi[0]))
+    for axis in (1, 2):
+        x = points[idx, axis]
+        idx = idx[(x > lo[axis]) & (x < hi[axis])]
+    return idx
+
+
+def _near(points: np.ndarray, center: np.ndarray, half_width: np.ndarray) -> np.ndarray:
+    """Indices of the points within ``half_width`` of ``center`` along every axis."""
+    return _in_box(points, center - half_width, center + half_width)
+
+
+@lru_cache(maxsize=4)
+def _scanner_points(spacing: float, shape: tuple[int, int, int] | None,
+                    fov: Literal["brain", "native", "head"]
+                    ) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
+    """The output grid (:func:`output_grid`) and its voxel centres in scanner mm, built once
+    per grid (read-only: every subject of a cohort shares them)."""
+    grid_shape, affine = output_grid(spacing, shape, fov)
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in grid_shape], indexing="ij"), -1)
+    scanner = ijk.reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]
+    scanner.flags.writeable = False
+    affine.flags.writeable = False
+    return grid_shape, affine, scanner
+
+
+@lru_cache(maxsize=4)
+def _volume(name: Literal["t1", "gm", "head", "mask"]
+            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """A template volume (float32), and the bounds, in template voxels, beyond which its
+    linear interpolation is exactly zero: its non-zero voxels' box, two voxels wider."""
+    vol = np.asarray(getattr(_template(), name), dtype=np.float32)
+    where = np.argwhere(vol != 0)
+    return vol, (where.min(0) - 2.0, where.max(0) + 2.0)
+
+
+def _sample(name: Literal["t1", "gm", "head", "mask"], coords: np.ndarray,
+            inside: np.ndarray) -> np.ndarray:
+    """Linear interpolation of a template volume at template-voxel ``coords`` (N x 3),
+    computed only at the ``inside`` indices (see :func:`_within`); zero elsewhere."""
+    vol = _volume(name)[0]
+    out = np.zeros(len(coords), vol.dtype)
+    out[inside] = ndimage.map_coordinates(vol, coords[inside].T, order=1, mode="constant",
+                                          cval=0.0)
+    return out
+
+
+def _within(coords: np.ndarray, name: Literal["t1", "gm", "head", "mask"]) -> np.ndarray:
+    """Indices of the template-voxel ``coords`` where a template volume can be non-zero."""
+    return _in_box(coords, *_volume(name)[1])
+
+
 def head_pose(truth: dict[str, Any]) -> np.ndarray:
     """The 4x4 map from template mm to scanner mm: scale and rotation about the brain's
     centre, then the shift (identity when the truth has no pose)."""
@@ -481,49 +538,58 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
     whole_head = bool(truth.get("whole_head", False))
     native = "head_scale" in truth  # a native-space subject, even in the template's pose
     fov = "head" if whole_head else ("native" if native else "brain")
-    grid_shape, affine = output_grid(spacing, shape, fov)
-    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in grid_shape], indexing="ij"), -1)
-    scanner = ijk.reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]
+    grid_shape, affine, scanner = _scanner_points(
+        spacing, None if shape is None else tuple(shape), fov)
+    affine = affine.copy()
     # the head sits in the scanner with its own pose: look each voxel up in template space
     inverse = np.linalg.inv(pose)
     world = scanner @ inverse[:3, :3].T + inverse[:3, 3]
 
     # Anatomy as a deformation: hippocampi shrink towards their centres (sampling from
-    # farther out), ventricles enlarge with global atrophy (sampling from closer in).
+    # farther out), ventricles enlarge with global atrophy (sampling from closer in). Each
+    # bump is zero beyond 1.5 radii: only the points in a box of 1.6 radii are computed (the same
+    # numbers as on the whole grid, where the rest add exactly zero).
     h, g = float(truth["hippocampal_atrophy"]), float(truth["global_atrophy"])
     src = world.copy()
     roi = np.zeros(len(world))
     for center in HIPPOCAMPUS_CENTERS_MM:
-        w = _bump(world, center, HIPPOCAMPUS_RADII_MM)
-        src += (world - np.array(center)) * (h * w)[:, None]
-        roi = np.maximum(roi, w)
-    wv = _bump(world, VENTRICLES_CENTER_MM, VENTRICLES_RADII_MM)
-    src -= (world - np.array(VENTRICLES_CENTER_MM)) * (0.35 * g * wv)[:, None]
+        near = _near(world, np.array(center), 1.6 * np.array(HIPPOCAMPUS_RADII_MM))
+        w = _bump(world[near], center, HIPPOCAMPUS_RADII_MM)
+        src[near] += (world[near] - np.array(center)) * (h * w)[:, None]
+        roi[near] = np.maximum(roi[near], w)
+    near = _near(world, np.array(VENTRICLES_CENTER_MM), 1.6 * np.array(VENTRICLES_RADII_MM))
+    wv = _bump(world[near], VENTRICLES_CENTER_MM, VENTRICLES_RADII_MM)
+    src[near] -= (world[near] - np.array(VENTRICLES_CENTER_MM)) * (0.35 * g * wv)[:, None]
     to_voxel = np.linalg.inv(tpl.affine[:3, :3]).T
+    src_voxel = (src - tpl.affine[:3, 3]) @ to_voxel
+    world_voxel = (world - tpl.affine[:3, 3]) @ to_voxel
 
-    def sample(vol: np.ndarray, points: np.ndarray = src) -> np.ndarray:
-        coords = ((points - tpl.affine[:3, 3]) @ to_voxel).T.reshape(3, *grid_shape)
-        return ndimage.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0)
-
-    t1, gm = sample(tpl.t1), sample(tpl.gm)
-    roi = roi.reshape(grid_shape)
+    # the brain: only where the template's brain can reach (exactly zero elsewhere)
+    brain = _within(src_voxel, "t1")
+    t1, gm = _sample("t1", src_voxel, brain), _sample("gm", src_voxel, brain)
     # Tissue loss becomes CSF (dark on T1): medial-temporal grey matter with h, cortex with g.
     t1 = t1 * (1.0 - np.clip(gm * (2.5 * h * roi + 0.45 * g), 0.0, 0.9))
 
     # White-matter lesions (T1-hypointense foci) from the vascular burden. They belong to
     # the brain: placed in template space, so a second scan of it, moved or not, shows
-    # them where the first did.
+    # them where the first did. A lesion's factor is exactly 1 (in float64) beyond 8.6
+    # radii and t1 is zero outside the brain: only the brain's points within 9 radii
+    # are computed.
     deep_wm = _deep_white_matter_mm()
+    src_brain = src[brain]
     for _ in range(int(truth["n_lesions"])):
         c = deep_wm[rng.integers(len(deep_wm))]
         r = rng.uniform(2.0, 4.5)
-        d2 = ((src - c) ** 2).sum(-1).reshape(grid_shape)
-        t1 *= 1.0 - 0.5 * np.exp(-d2 / (2 * r * r))
+        near = _near(src_brain, c, np.full(3, 9.0 * r))
+        d2 = ((src_brain[near] - c) ** 2).sum(-1)
+        t1[brain[near]] *= 1.0 - 0.5 * np.exp(-d2 / (2 * r * r))
+    t1 = t1.reshape(grid_shape)
 
     top = max(float(t1.max()), 1e-6)
     t1 = np.clip(t1 / top, 0.0, 1.0).astype(np.float32)
     if whole_head:  # skull, scalp and face around the brain, on the brain's intensity scale
-        t1 = t1 + np.clip(sample(tpl.head, world) / top, 0.0, 1.2).astype(np.float32)
+        head = _sample("head", world_voxel, _within(world_voxel, "head"))
+        t1 = t1 + np.clip(head.reshape(grid_shape) / top, 0.0, 1.2).astype(np.float32)
     if not site_effects:
         return t1, affine
     site = site or SITES[int(truth["site_index"])]
@@ -547,7 +613,8 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
     noise.set_random_state(seed=draws["noise_seed"])
     img = np.asarray(noise(img)[0], dtype=np.float32)
     if not whole_head:  # the site's own brain extraction: zero outside the brain
-        img = img * (sample(tpl.mask.astype(np.float32), world) > 0.5)
+        inside = _sample("mask", world_voxel, _within(world_voxel, "mask"))
+        img = img * (inside.reshape(grid_shape) > 0.5)
     return img, affine
 
 
