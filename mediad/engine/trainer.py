@@ -380,7 +380,12 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                                    "lr": scheduler.get_last_lr()[0],
                                    "seconds": time.perf_counter() - started}
         selected_on: dict[str, Any] = {}
-        if "val" in eval_loaders:
+        last = epoch == min(oc.epochs, stop)
+        if "val" in eval_loaders and not (epoch % oc.validate_every == 0 or last):
+            # what validation draws from torch's generator (its loader's base seed): the
+            # dropout masks of later epochs, and so the network, stay as if it had run
+            torch.empty((), dtype=torch.int64).random_()
+        elif "val" in eval_loaders:
             per = _validate(model, eval_loaders["val"], device, samples["val"], config)
             metrics["val"] = selected_on = next(iter(per.values()))
             if len(per) > 1:  # each_pattern: select on the mean over the patterns
@@ -404,13 +409,16 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                 **base, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "train_state": dict(state)})
             if show_progress:
-                val = metrics.get("val", {})
-                tqdm.write(f"epoch {epoch}: loss {metrics['train_loss']:.3f}, val balanced "
-                           f"accuracy {val.get('balanced_accuracy', float('nan')):.3f}, "
-                           f"site-balanced {val.get('site_balanced_accuracy', float('nan')):.3f}"
-                           + (f", mean over input patterns {score[0]:.3f}"
-                              if "val_selection" in metrics else "")
-                           + (" (best so far)" if improved and oc.selection != "last" else ""))
+                line = f"epoch {epoch}: loss {metrics['train_loss']:.3f}"
+                if "val" in metrics:
+                    val = metrics["val"]
+                    line += (f", val balanced accuracy {val['balanced_accuracy']:.3f}, "
+                             f"site-balanced {val['site_balanced_accuracy']:.3f}"
+                             + (f", mean over input patterns {score[0]:.3f}"
+                                if "val_selection" in metrics else "")
+                             + (" (best so far)" if improved and oc.selection != "last"
+                                else ""))
+                tqdm.write(line)
         if d.world > 1:
             dist.barrier()
         if should_stop(state["best"][0], state["stale"], epoch, oc, len(config.model.classes),

@@ -13,11 +13,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from mediad.data.records import load_manifest
 from mediad.engine.calibration import MIN_FIT_SUBJECTS, MIN_TEMPERATURE
 from mediad.engine.checkpoint import load_checkpoint
-from mediad.engine.config import TrainConfig
+from mediad.engine.config import OptimConfig, TrainConfig
 from mediad.engine.predictor import TEXTURE_CAVEAT, Predictor
 from mediad.engine.trainer import train
 from mediad.errors import ImageError, InputError, MediADError
@@ -319,7 +320,7 @@ def test_augmented_training_is_reproducible(tiny_cohort: Path, tmp_path: Path) -
 def test_selection_last_keeps_the_final_epoch(tiny_cohort: Path, tmp_path: Path) -> None:
     """``selection: last`` keeps the end of the schedule, with no early stop, even where
     validation says an earlier epoch was better."""
-    config = tiny_train_config(tiny_cohort)
+    config = tiny_train_config(tiny_cohort, dropout=0.1)  # dropout: see validate_every
     config = config.model_copy(update={"optim": config.optim.model_copy(
         update={"selection": "last", "patience": 1, "min_epochs": 1})})
     train(config, tmp_path / "run", show_progress=False)
@@ -331,6 +332,18 @@ def test_selection_last_keeps_the_final_epoch(tiny_cohort: Path, tmp_path: Path)
                                              )["best_epoch"] == 4
     assert all(torch.equal(v, last["model_state"][k]) for k, v in best["model_state"].items()
                if not k.startswith("front_door"))
+    # validated every third epoch and at the last: the same network (dropout draws from
+    # the generator validation advances), the log without the skipped epochs' validation
+    sparse = config.model_copy(update={"optim": config.optim.model_copy(
+        update={"validate_every": 3})})
+    train(sparse, tmp_path / "sparse", show_progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "sparse" / "metrics.jsonl").open()]
+    assert [e["epoch"] for e in logged if "val" in e] == [3, 4]
+    assert [e["train_loss"] for e in logged] == [e["train_loss"] for e in epochs]
+    again = load_checkpoint(tmp_path / "sparse" / "best.pt")["model_state"]
+    assert all(torch.equal(v, again[k]) for k, v in best["model_state"].items())
+    with pytest.raises(ValidationError, match="validate_every"):
+        OptimConfig(validate_every=3)  # selection and early stopping read every epoch
 
 
 def test_a_checkpoint_from_before_smoothed_resampling_keeps_its_preprocessing(
