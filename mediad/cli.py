@@ -531,12 +531,15 @@ def app_cmd(
         os.environ["MEDIAD_DATA_DIR"] = str(data_dir.resolve())
     if demo_assets:
         _start_workers_for_demo()  # before the heavy import below, to overlap with it
-        from mediad.experiments.demo import ensure_demo_cohort, ensure_demo_model
+        from mediad.experiments.demo import DEMO_COHORT, ensure_demo_cohort, ensure_demo_model
+        from mediad.workers import shared_workers
 
-        with _progress("demo cohort") as update:
-            ensure_demo_cohort(progress=update)
-        out.print("Demo model: preprocessing the MRIs and training it, the first time only…")
-        ensure_demo_model()
+        with shared_workers(DEMO_COHORT.workers):  # its workers then preprocess it
+            with _progress("demo cohort") as update:
+                ensure_demo_cohort(progress=update)
+            out.print("Demo model: preprocessing the MRIs and training it, the first time "
+                      "only…")
+            ensure_demo_model()
         _build_held_out_in_background()
     import ui
 

@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from mediad.data.records import DIAGNOSES, ClinicalRecord, to_adnimerge_row
 from mediad.errors import MediADError
-from mediad.workers import process_pool
+from mediad.workers import one_thread, process_pool
 
 __all__ = [
     "HIPPOCAMPUS_CENTERS_MM",
@@ -655,12 +655,8 @@ def _render_task(args: tuple[dict[str, Any], int, str, float, Any, bool, SitePro
 
 
 def _init_worker() -> None:
-    """One BLAS/OpenMP thread per worker (workers x threads > cores thrashes), template ready."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-    torch.set_num_threads(1)
+    """One thread per worker (:func:`mediad.workers.one_thread`), template ready."""
+    one_thread()
     _template()
 
 

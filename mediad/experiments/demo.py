@@ -14,6 +14,7 @@ from mediad.engine import TrainConfig, load_checkpoint, train
 from mediad.errors import MediADError
 from mediad.io import atomic_write_text
 from mediad.paths import data_dir
+from mediad.workers import shared_workers
 
 __all__ = [
     "CALIBRATION_REPORT",
@@ -167,6 +168,12 @@ def ensure_demo_model(root: Path | None = None, show_progress: bool = True,
         ``(best checkpoint, built)``.
     """
     root = root or data_dir()
+    with shared_workers(DEMO_COHORT.workers):  # one pool draws and preprocesses both cohorts
+        return _ensure_demo_model(root, show_progress, label_blind, reference)
+
+
+def _ensure_demo_model(root: Path, show_progress: bool, label_blind: bool, reference: bool
+                       ) -> tuple[Path, bool]:
     folder = root / model_folder(label_blind, reference)
     best = folder / "best.pt"
     cohort, _ = ensure_demo_cohort(root, reference=reference)
