@@ -547,8 +547,8 @@ def render_subject(truth: dict[str, Any], spacing: float = 3.0,
 
     # Anatomy as a deformation: hippocampi shrink towards their centres (sampling from
     # farther out), ventricles enlarge with global atrophy (sampling from closer in). Each
-    # bump is zero beyond 1.5 radii: only the points in a box of 1.6 radii are computed (the same
-    # numbers as on the whole grid, where the rest add exactly zero).
+    # bump is zero beyond 1.5 radii: only the points in a box of 1.6 radii are computed
+    # (the same numbers as on the whole grid, where the rest add exactly zero).
     h, g = float(truth["hippocampal_atrophy"]), float(truth["global_atrophy"])
     src = world.copy()
     roi = np.zeros(len(world))
