@@ -79,7 +79,7 @@ def shared_workers(workers: int) -> Iterator[None]:
         yield
     finally:
         del _SHARED[workers]
-        pool.shutdown()
+        pool.shutdown(cancel_futures=True)  # an interrupted block leaves no queued task
 
 
 def process_pool(workers: int, initializer: Callable[[], None] | None = None
