@@ -537,8 +537,9 @@ def app_cmd(
         with shared_workers(DEMO_COHORT.workers):  # its workers then preprocess it
             with _progress("demo cohort") as update:
                 ensure_demo_cohort(progress=update)
-            out.print("Demo model: preprocessing the MRIs and training it, the first time "
-                      "only…")
+            if not _demo_built():
+                out.print("Demo model, the first time only: preprocessing 300 MRIs, training "
+                          "it and refitting its temperatures (3–4 minutes on 2 cores)…")
             ensure_demo_model()
         _build_held_out_in_background()
     import ui
@@ -565,12 +566,18 @@ def streamlit_command(script: Path, host: str, port: int) -> list[str]:
             "--server.maxUploadSize", os.environ.get("MEDIAD_MAX_UPLOAD_MB", "256")]
 
 
+def _demo_built(root: Path | None = None) -> bool:
+    """Whether the demo model was trained (it may still need a refit or a rebuild)."""
+    from mediad.paths import data_dir
+
+    return ((root or data_dir()) / "demo-model" / "source.json").is_file()
+
+
 def _start_workers_for_demo(root: Path | None = None) -> None:
     """A first start builds the demo in worker processes: let them import while we do."""
-    from mediad.paths import data_dir
     from mediad.workers import start_worker_server
 
-    if not ((root or data_dir()) / "demo-model" / "source.json").is_file():
+    if not _demo_built(root):
         start_worker_server()
 
 
