@@ -435,9 +435,12 @@ def _scanner_points(spacing: float, shape: tuple[int, int, int] | None,
     return grid_shape, affine, scanner
 
 
+#: The template volumes the renderer looks up.
+_TemplateVolume = Literal["t1", "gm", "head", "mask"]
+
+
 @lru_cache(maxsize=4)
-def _volume(name: Literal["t1", "gm", "head", "mask"]
-            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def _volume(name: _TemplateVolume) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """A template volume (float32), and the bounds, in template voxels, beyond which its
     linear interpolation is exactly zero: its non-zero voxels' box, two voxels wider."""
     vol = np.asarray(getattr(_template(), name), dtype=np.float32)
@@ -445,7 +448,7 @@ def _volume(name: Literal["t1", "gm", "head", "mask"]
     return vol, (where.min(0) - 2.0, where.max(0) + 2.0)
 
 
-def _sample(name: Literal["t1", "gm", "head", "mask"], coords: np.ndarray,
+def _sample(name: _TemplateVolume, coords: np.ndarray,
             inside: np.ndarray) -> np.ndarray:
     """Linear interpolation of a template volume at template-voxel ``coords`` (N x 3),
     computed only at the ``inside`` indices (see :func:`_within`); zero elsewhere."""
@@ -456,7 +459,7 @@ def _sample(name: Literal["t1", "gm", "head", "mask"], coords: np.ndarray,
     return out
 
 
-def _within(coords: np.ndarray, name: Literal["t1", "gm", "head", "mask"]) -> np.ndarray:
+def _within(coords: np.ndarray, name: _TemplateVolume) -> np.ndarray:
     """Indices of the template-voxel ``coords`` where a template volume can be non-zero."""
     return _in_box(coords, *_volume(name)[1])
 
