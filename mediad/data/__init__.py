@@ -8,6 +8,7 @@ _HOMES = {
     "CheckNiftiFiled": "nifti",
     "CheckVolume": "imaging",
     "CheckVolumed": "imaging",
+    "COGNITIVE_SCORES": "records",
     "ClinicalRecord": "records",
     "ColumnMap": "records",
     "DEFAULT_MAX_VOXELS": "nifti",

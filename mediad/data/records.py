@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mediad.errors import InputError, Issue
 
 __all__ = [
+    "COGNITIVE_SCORES",
     "DIAGNOSES",
     "LABEL_DEFINING_FIELDS",
     "NUMERIC_FIELDS",
@@ -52,6 +53,9 @@ DIAGNOSES: tuple[str, ...] = ("CN", "MCI", "AD")
 
 #: Fields that ADNI uses to *define* the diagnosis; using them as inputs inflates accuracy.
 LABEL_DEFINING_FIELDS: tuple[str, ...] = ("mmse", "cdr_sb")
+#: The cognitive and functional scores: what a record from outside a study's assessment
+#: visit (a memory-clinic referral, a form filled in by hand) most often lacks.
+COGNITIVE_SCORES: tuple[str, ...] = ("mmse", "cdr_sb", "adas13", "faq")
 
 
 class ClinicalRecord(BaseModel):

@@ -40,7 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import ndimage
 
-from mediad.data.records import DIAGNOSES, ClinicalRecord, to_adnimerge_row
+from mediad.data.records import COGNITIVE_SCORES, DIAGNOSES, ClinicalRecord, to_adnimerge_row
 from mediad.errors import MediADError
 from mediad.workers import one_thread, process_pool
 
@@ -295,7 +295,7 @@ def draw_population(cfg: SimulationConfig) -> pd.DataFrame:
     # whole inputs missing (own stream: cohorts drawn without them stay as they were)
     gaps = np.random.default_rng(np.random.SeedSequence([cfg.seed, 4]))
     partial = gaps.random(n) < cfg.partial_record_rate
-    for col in PARTIAL_RECORD_DROPS:
+    for col in COGNITIVE_SCORES:  # a partial record lacks every score
         if col in frame:
             frame[col] = frame[col].astype(object).where(~partial, None)
     frame["has_mri"] = gaps.random(n) >= cfg.missing_mri_rate
@@ -478,10 +478,6 @@ def head_pose(truth: dict[str, Any]) -> np.ndarray:
     pose[:3, :3] = linear
     pose[:3, 3] = c - linear @ c + np.array(shift)
     return pose
-
-
-#: What a partial record lacks: every cognitive and functional score.
-PARTIAL_RECORD_DROPS = ("mmse", "cdr_sb", "adas13", "faq")
 
 
 ScannerPart = Literal["contrast", "blur", "bias", "noise", "noise_pattern"]

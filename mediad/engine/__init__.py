@@ -9,6 +9,7 @@ _HOMES = {
     "CHECKPOINT_FORMAT": "checkpoint",
     "CONFIDENT": "predictor",
     "TEXTURE_CAVEAT": "predictor",
+    "UNSCORED_CAVEAT": "predictor",
     "Calibration": "calibration",
     "DataConfig": "config",
     "DistInfo": "ddp",

@@ -90,6 +90,12 @@ class OptimConfig(BaseModel):
         0.3, ge=0.0, lt=1.0, description="Chance that each input (MRI, summary, record "
         "fields) is hidden from a training sample, so that MRI-only and record-only "
         "predictions rest on what is there (at least one input is always kept).")
+    score_dropout: float = Field(
+        0.3, ge=0.0, lt=1.0, description="Chance that a training record's cognitive scores "
+        "(MMSE, CDR-SB, ADAS-Cog-13, FAQ) are all hidden, in its summary and its fields: a "
+        "record without them is common outside a study visit, and a model that had seen "
+        "almost none answered such records with the MRI at near chance (balanced accuracy "
+        "0.38 on 300 new subjects, 0.77 from the MRI alone) and with confidence 0.79.")
     precision: Literal["bf16", "fp32"] = Field(
         "bf16", description="On a CUDA GPU, run forward passes under bf16 autocast (weights "
         "and optimiser stay fp32) or in plain fp32; ignored on the CPU. "

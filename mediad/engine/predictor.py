@@ -18,7 +18,7 @@ from mediad import RESEARCH_NOTICE
 from mediad.data.imaging import build_transforms, load_volume
 from mediad.data.preprocess import PreprocessResult, preprocess_file, preprocess_paths
 from mediad.data.quality import TissueContrast, t1_contrast, tissue_maps
-from mediad.data.records import LABEL_DEFINING_FIELDS, ClinicalRecord
+from mediad.data.records import COGNITIVE_SCORES, LABEL_DEFINING_FIELDS, ClinicalRecord
 from mediad.engine.calibration import (
     OOD_MARGIN,
     OOD_PERCENTILE,
@@ -35,8 +35,8 @@ from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import MultimodalNet, TabularBaseline, build_model
 from mediad.summarize import Summarizer
 
-__all__ = ["CONFIDENT", "TEXTURE_CAVEAT", "Prediction", "Predictor", "PreparedMRI",
-           "probability_text", "uncertainty_statement"]
+__all__ = ["CONFIDENT", "TEXTURE_CAVEAT", "UNSCORED_CAVEAT", "Prediction", "Predictor",
+           "PreparedMRI", "probability_text", "uncertainty_statement"]
 
 
 class PreparedMRI(NamedTuple):
@@ -48,6 +48,16 @@ class PreparedMRI(NamedTuple):
     preprocessed: PreprocessResult | None = None
 
 
+#: Said of an answer from a record without any cognitive score, by a model that reads the
+#: scores but was trained without hiding them (``optim.score_dropout``, or a checkpoint
+#: from before it existed): the demo model so trained answered such records, with the
+#: MRI, at balanced accuracy 0.38 and confidence 0.79 (300 new subjects; README,
+#: "Records without scores").
+UNSCORED_CAVEAT = ("the record holds none of the cognitive scores (MMSE, CDR-SB, "
+                   "ADAS-Cog-13, FAQ), and this model was trained on records that almost "
+                   "always held them: it can read their absence as if it meant something, "
+                   "so this answer may be no better than chance (a model trained with "
+                   "`optim.score_dropout` is not)")
 
 #: Below this calibrated top probability an answer is called uncertain.
 CONFIDENT = 0.6
@@ -59,6 +69,10 @@ TEXTURE_CAVEAT = ("this model was trained without scanner augmentation: from an 
                   "it can read the scanner (texture, noise, contrast) rather than the "
                   "anatomy, and its answer can change between two scans of one brain (the "
                   "reference model, `mediad demo --reference`, is trained with it)")
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def probability_text(p: float) -> str:
@@ -161,6 +175,11 @@ class Predictor:
                     f", but llm_templates/ holds {self.summarizer.template.version}; use the "
                     "template the model was trained with")
             self.embedder = TextEmbedder(self.ck["text_model_id"], root / "embeddings")
+        # read from the stored config: one saved before the field existed trained without
+        reads = set(mc.tabular_fields) if (mc.use_tabular or mc.kind == "tabular") else set()
+        reads |= set(self.ck.get("summary_fields") or []) if self.use_text else set()
+        self.unscored_untrained = bool(reads & set(COGNITIVE_SCORES)) and not (
+            self.ck["config"].get("optim", {}).get("score_dropout", 0.0) > 0)
         imaging = self.config.data.imaging
         self.preprocess = None if mni_inputs else imaging.preprocess
         self.preprocess_cache = cache_root(self.config) / "preprocessed"
@@ -316,7 +335,10 @@ class Predictor:
                     ood: tuple[float, float] | None, contrast: Any) -> Prediction:
         mc = self.config.model
         probs = np.exp(log_p)
-        fields = summary.provenance.fields_included if summary else []
+        # what the summary states a value for: "MMSE not recorded" is in the text, but no
+        # answer rests on an MMSE that was never given
+        included = summary.provenance.fields_included if summary and record else []
+        fields = [f for f in included if not _blank(getattr(record, f, None))]
         tab_used = [f for f, m in zip(mc.tabular_fields, sample["tab_mask"], strict=True)
                     if m > 0] if (mc.use_tabular or mc.kind == "tabular") else []
         flags = list((qc or {}).get("flags", []))
@@ -328,6 +350,9 @@ class Predictor:
                          f"{ood[1]:.1f}, {OOD_MARGIN:g} x the validation "
                          f"{OOD_PERCENTILE:g}th percentile, for {pattern} inputs)")
         caveats = [TEXTURE_CAVEAT] if pattern == "mri" and not self.config.data.augment else []
+        if (record is not None and self.unscored_untrained
+                and all(getattr(record, f) is None for f in COGNITIVE_SCORES)):
+            caveats.append(UNSCORED_CAVEAT)
         rough = self.calibration.roughly_fitted() if self.calibration is not None else {}
         if self.calibration is not None and pattern in self.calibration.at_bound():
             caveats.append(f"the temperature for {pattern} inputs sits at a bound of its "
@@ -352,7 +377,9 @@ class Predictor:
             inputs_used={
                 "mri": use_mri, "record": record is not None,
                 "mri_ignored": mri is not None and not self.use_image,
-                "summary_fields": fields, "tabular_fields": tab_used,
+                "summary_fields": fields,
+                "summary_fields_not_recorded": [f for f in included if f not in fields],
+                "tabular_fields": tab_used,
                 "label_defining_fields_used": sorted(
                     {f for f in (*fields, *tab_used) if f in LABEL_DEFINING_FIELDS}),
             },

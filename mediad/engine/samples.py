@@ -13,7 +13,7 @@ import torch
 
 from mediad.data.imaging import ImagingConfig, build_transforms
 from mediad.data.preprocess import QCRecord, preprocess_paths
-from mediad.data.records import ClinicalRecord, ManifestRow
+from mediad.data.records import COGNITIVE_SCORES, ClinicalRecord, ManifestRow
 from mediad.data.transforms import MaybeImaged, pose_augmentation, scanner_augmentation
 from mediad.engine.config import TrainConfig
 from mediad.errors import InputError, Issue
@@ -27,6 +27,7 @@ __all__ = [
     "confounder_vector",
     "data_fingerprint",
     "drop_modalities",
+    "drop_scores",
     "make_dataset",
     "make_summarizer",
     "prepare_images",
@@ -52,39 +53,57 @@ def confounder_vector(record: ClinicalRecord | None) -> np.ndarray:
                     np.float32)
 
 
+def _unscored(record: ClinicalRecord | None) -> ClinicalRecord | None:
+    """The record without its cognitive scores (``None`` when it has none to hide)."""
+    if record is None or all(getattr(record, f) is None for f in COGNITIVE_SCORES):
+        return None
+    return record.model_copy(update=dict.fromkeys(COGNITIVE_SCORES))
+
+
 def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str | None],
                   classes: Sequence[str], summarizer: Summarizer | None,
                   embedder: TextEmbedder | None, tabular_fields: Sequence[str],
-                  sites: Sequence[str] = ()) -> list[dict[str, Any]]:
+                  sites: Sequence[str] = (), unscored: bool = False) -> list[dict[str, Any]]:
     """One dictionary per subject-visit: everything the dataset needs but the image.
 
     ``site`` is the record's index in ``sites`` (the training sites), -1 when unknown or at
     prediction time: only training reads it (back door, site adversary, balance).
+    ``unscored`` also gives each sample ``text_unscored``, its summary as it reads without
+    the cognitive scores, for :func:`drop_scores` (one more summary per scored record;
+    only the sections that differ are embedded, each distinct one once).
     """
-    texts: list[list[str]] = []
-    for r in rows:
-        if r is None or summarizer is None:
-            texts.append([])
-        else:
-            texts.append(list(summarizer.summarize(r).sections.values()))
+    def sections(record: ClinicalRecord | None) -> list[str]:
+        if record is None or summarizer is None or embedder is None:
+            return []
+        return list(summarizer.summarize(record).sections.values())
+
+    texts = [sections(r) for r in rows]
+    others = [sections(_unscored(r)) if unscored else [] for r in rows]
     n_sections = max((len(t) for t in texts), default=5) or 5
-    flat = [s for t in texts for s in t]
-    vectors = embedder.embed(flat) if (embedder is not None and flat) else np.zeros((0, 384))
-    samples, k = [], 0
-    for i, (r, path) in enumerate(zip(rows, mri_paths, strict=True)):
+    distinct = list(dict.fromkeys(s for t in (*texts, *others) for s in t))
+    vectors = (dict(zip(distinct, embedder.embed(distinct), strict=True))
+               if embedder is not None and distinct else {})
+
+    def embedded(sentences: list[str]) -> np.ndarray:
         text = np.zeros((n_sections, 384), np.float32)
-        if texts[i] and embedder is not None:
-            text[: len(texts[i])] = vectors[k:k + len(texts[i])]
-        k += len(texts[i])
+        for j, sentence in enumerate(sentences):
+            text[j] = vectors[sentence]
+        return text
+
+    samples = []
+    for i, (r, path) in enumerate(zip(rows, mri_paths, strict=True)):
         values, mask = tabular_features(r, tuple(tabular_fields))
         label = classes.index(r.diagnosis) if (r is not None and r.diagnosis in classes) else -1
-        samples.append({
-            "image": path or "", "text": text,
-            "has_text": np.float32(1.0 if texts[i] and embedder is not None else 0.0),
+        sample = {
+            "image": path or "", "text": embedded(texts[i]),
+            "has_text": np.float32(1.0 if texts[i] else 0.0),
             "tab_values": values, "tab_mask": mask,
             "site": sites.index(r.site) if (r is not None and r.site in sites) else -1,
             "confounders": confounder_vector(r), "label": label, "index": i,
-        })
+        }
+        if unscored:
+            sample["text_unscored"] = embedded(others[i]) if others[i] else sample["text"]
+        samples.append(sample)
     return samples
 
 
@@ -191,6 +210,39 @@ def make_summarizer(config: TrainConfig, cache: Path) -> Summarizer:
     if summary.cache_dir is None:
         summary = summary.model_copy(update={"cache_dir": cache / "summaries"})
     return Summarizer(summary)
+
+
+def drop_scores(batch: dict[str, torch.Tensor], p: float, generator: torch.Generator,
+                score_columns: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Hide the cognitive scores of each training record with chance ``p``: its summary
+    becomes the one written without them (``text_unscored``) and their fields are masked.
+
+    Records in a study almost always hold the scores; records brought to the model often do
+    not. A model that never saw a record without them read such a record as if the missing
+    scores meant something.
+
+    Args:
+        batch: a collated batch with ``text_unscored`` (``build_samples(unscored=True)``).
+        p: chance of hiding a sample's scores.
+        generator: the owned RNG (seeded per run).
+        score_columns: where the scores sit among the record fields (``tab_mask``).
+
+    Returns:
+        A new batch dictionary; the input tensors are not modified.
+    """
+    if p <= 0 or "text_unscored" not in batch:
+        return batch
+    drop = torch.rand(len(batch["label"]), generator=generator) < p
+    drop = drop.to(batch["text"].device)
+    out = dict(batch)
+    out["text"] = torch.where(drop[:, None, None], batch["text_unscored"], batch["text"])
+    if score_columns:
+        mask = batch["tab_mask"].clone()
+        cols = torch.tensor(list(score_columns), device=mask.device)
+        mask[:, cols] = torch.where(drop[:, None], torch.zeros_like(mask[:, cols]),
+                                    mask[:, cols])
+        out["tab_mask"] = mask
+    return out
 
 
 def drop_modalities(batch: dict[str, torch.Tensor], p: float, generator: torch.Generator,

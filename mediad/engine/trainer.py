@@ -28,7 +28,7 @@ from torch import distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mediad.data.nifti import check_nifti_file
-from mediad.data.records import ManifestRow, load_manifest
+from mediad.data.records import COGNITIVE_SCORES, ManifestRow, load_manifest
 from mediad.data.splits import Splits, check_leakage, make_splits
 from mediad.engine.calibration import (
     Calibration,
@@ -52,6 +52,7 @@ from mediad.engine.samples import (
     build_samples,
     data_fingerprint,
     drop_modalities,
+    drop_scores,
     make_dataset,
     make_summarizer,
     prepare_images,
@@ -206,7 +207,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
     }
     samples = {name: build_samples(rs, [r.mri_path if use_image else None for r in rs],
                                    classes, summarizer, embedder,
-                                   config.model.tabular_fields, sites)
+                                   config.model.tabular_fields, sites,
+                                   unscored=name == "train" and config.optim.score_dropout > 0)
                for name, rs in by_split.items()}
     oc = config.optim
     for name, group in samples.items():
@@ -320,6 +322,8 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                                  seed=oc.seed, drop_last=False)
     per_rank = max(1, oc.batch_size // d.world)
     loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=0)
+    score_columns = [i for i, f in enumerate(config.model.tabular_fields)
+                     if f in COGNITIVE_SCORES]
     eval_loaders = {k: DataLoader(v, batch_size=oc.batch_size, shuffle=False)
                     for k, v in eval_sets.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
@@ -347,6 +351,8 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         sampler.set_epoch(epoch)
         # seeded per epoch and rank, so a resumed run hides the same inputs
         dropout_rng = torch.Generator().manual_seed(oc.seed * 100_003 + epoch * 101 + d.rank)
+        # its own stream: the modality masks stay what they are without it
+        scores_rng = torch.Generator().manual_seed(oc.seed * 100_019 + epoch * 103 + d.rank)
         _seed_augmentation(train_set, oc.seed + epoch)
         model.site_scale = warmup_factor(epoch, oc.site_adversarial_warmup)
         net.train()
@@ -356,6 +362,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         for batch in bar:
             b = drop_modalities(batch_to(batch, device), oc.modality_dropout, dropout_rng,
                                 model.reads)
+            b = drop_scores(b, oc.score_dropout, scores_rng, score_columns)
             with _autocast(device, oc.precision):
                 output = net(b)
                 loss = model.loss(output, b["label"], b["weight"].float())

@@ -218,8 +218,9 @@ def _train_config(cfg: AblationConfig, variant: str, seed: int, manifest: Path,
         "optim": {"epochs": cfg.epochs, "patience": cfg.patience, "min_epochs": cfg.min_epochs,
                   "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup_epochs": cfg.warmup_epochs,
                   "seed": seed,
-                  # the grid's recipe from before the log-loss tie-break: cells stay comparable
-                  "tie_break": "first", **parts["optim"]},
+                  # the grid's recipe from before the log-loss tie-break and score dropout:
+                  # cells stay comparable (its test sets hold complete records)
+                  "tie_break": "first", "score_dropout": 0.0, **parts["optim"]},
     })
 
 

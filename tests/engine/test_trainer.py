@@ -84,6 +84,13 @@ def test_missing_modalities_still_predict(run: Path, tiny_cohort: Path) -> None:
                                     "summary_fields": [], "tabular_fields": []}
     assert not record_only.inputs_used["mri"] and record_only.summary is not None
     assert "mmse" in both.inputs_used["label_defining_fields_used"]
+    # a score the record lacks is named as not recorded, never as used
+    unscored = row.model_copy(update={"mmse": None, "cdr_sb": None})
+    used = predictor.predict(row.mri_path, unscored).inputs_used
+    assert used["label_defining_fields_used"] == []
+    assert {"mmse", "cdr_sb"} <= set(used["summary_fields_not_recorded"])
+    assert "mmse" not in used["summary_fields"] and "age" in used["summary_fields"]
+
     # each partial prediction rests on the input it says it used
     other = load_manifest(tiny_cohort / "manifest.csv").rows[1]
     assert predictor.predict(other.mri_path, None).probabilities != mri_only.probabilities
@@ -113,6 +120,27 @@ def test_missing_modalities_still_predict(run: Path, tiny_cohort: Path) -> None:
     assert "sits at a bound" in predictor.predict(None, row).caveats[0]
     assert predictor.predict(row.mri_path, row).caveats == []
     assert row.subject_id not in (record_only.summary or "")
+
+
+def test_a_model_trained_without_score_dropout_warns_on_records_without_scores(
+        run: Path, tiny_cohort: Path, tmp_path: Path) -> None:
+    """Trained with score dropout (the default), no caveat; a checkpoint from before it
+    existed (no such setting stored) says so, only for records without any score."""
+    from mediad.data.records import COGNITIVE_SCORES
+    from mediad.engine.checkpoint import load_checkpoint, save_checkpoint
+    from mediad.engine.predictor import UNSCORED_CAVEAT
+
+    row = load_manifest(tiny_cohort / "manifest.csv").rows[0]
+    unscored = row.model_copy(update=dict.fromkeys(COGNITIVE_SCORES))
+    assert UNSCORED_CAVEAT not in Predictor(run / "best.pt").predict(None, unscored).caveats
+    ck = load_checkpoint(run / "best.pt")
+    del ck["config"]["optim"]["score_dropout"]
+    save_checkpoint(tmp_path / "old.pt", ck)
+    old = Predictor(tmp_path / "old.pt")
+    assert UNSCORED_CAVEAT in old.predict(row.mri_path, unscored).caveats
+    assert UNSCORED_CAVEAT in old.predict(None, unscored).caveats
+    assert UNSCORED_CAVEAT not in old.predict(row.mri_path, row).caveats
+    assert UNSCORED_CAVEAT not in old.predict(row.mri_path, None).caveats
 
 
 def test_resume_continues_identically(tiny_cohort: Path, tmp_path: Path) -> None:
