@@ -12,7 +12,9 @@ from mediad.errors import MediADError
 from mediad.experiments.demo import LABEL_BLIND_FOLDER, ensure_demo_model
 from ui.common import banner, current_predictor, models_dir, show_error
 
-PATTERN_NAMES = {"mri+record": "MRI and record", "mri": "MRI only", "record": "record only"}
+PATTERN_NAMES = {"mri+record": "MRI and record", "mri": "MRI only", "record": "record only",
+                 "mri+record (no scores)": "MRI and record without scores",
+                 "record (no scores)": "record without scores only"}
 
 st.title("Model card")
 banner()

@@ -23,6 +23,7 @@ _HOMES = {
     "MIN_SUBJECTS": "recalibrate",
     "MIN_TEMPERATURE": "calibration",
     "PATTERNS": "calibration",
+    "UNSCORED": "calibration",
     "PatternRefit": "recalibrate",
     "Prediction": "predictor",
     "Predictor": "predictor",

@@ -28,6 +28,7 @@ __all__ = [
     "MIN_FIT_SUBJECTS",
     "MIN_TEMPERATURE",
     "PATTERNS",
+    "UNSCORED",
     "Calibration",
     "FeatureDistribution",
     "InputPattern",
@@ -41,8 +42,15 @@ __all__ = [
     "restrict_inputs",
 ]
 
-InputPattern = Literal["mri+record", "mri", "record"]
+InputPattern = Literal["mri+record", "mri", "record", "mri+record (no scores)",
+                       "record (no scores)"]
 PATTERNS: tuple[InputPattern, ...] = ("mri+record", "mri", "record")
+#: A record without any cognitive score is a pattern of its own: such answers are less sure
+#: than those from a scored record (the demo model with score dropout, on 300 new
+#: subjects: balanced accuracy 0.77 against 0.98 with the MRI), and one temperature for
+#: both left them over-confident (ECE 0.077, and 0.145 from the record alone).
+UNSCORED: dict[str, InputPattern] = {"mri+record": "mri+record (no scores)",
+                                     "record": "record (no scores)"}
 #: A prediction is flagged as out of distribution beyond ``OOD_MARGIN`` times the
 #: ``OOD_PERCENTILE``th percentile of the validation subjects' Mahalanobis distances: with
 #: the few dozen validation subjects of a small cohort the percentile is about their
@@ -52,30 +60,38 @@ OOD_PERCENTILE = 99.0
 OOD_MARGIN = 1.5
 
 
-def input_pattern(has_mri: bool, has_record: bool) -> InputPattern:
-    """Which of the calibrated patterns a prediction belongs to."""
-    if has_mri and has_record:
-        return "mri+record"
-    return "mri" if has_mri else "record"
+def input_pattern(has_mri: bool, has_record: bool, scored: bool = True) -> InputPattern:
+    """Which of the calibrated patterns a prediction belongs to (``scored``: the record
+    holds at least one cognitive score)."""
+    pattern: InputPattern = ("mri+record" if has_mri and has_record
+                             else "mri" if has_mri else "record")
+    return pattern if scored or not has_record else UNSCORED[pattern]
 
 
-def model_patterns(has_image: bool, has_record: bool) -> tuple[InputPattern, ...]:
-    """The input patterns a model that reads these inputs can be asked with."""
-    if has_image and has_record:
-        return PATTERNS
-    return ("mri",) if has_image else ("record",)
+def model_patterns(has_image: bool, has_record: bool, scores: bool = False
+                   ) -> tuple[InputPattern, ...]:
+    """The input patterns a model that reads these inputs can be asked with; ``scores``:
+    its record includes cognitive scores, so records without them are patterns too."""
+    base: tuple[InputPattern, ...] = (PATTERNS if has_image and has_record
+                                      else ("mri",) if has_image else ("record",))
+    return base + tuple(UNSCORED[p] for p in base if p in UNSCORED and scores and has_record)
 
 
 def restrict_inputs(batch: dict[str, torch.Tensor], pattern: InputPattern
                     ) -> dict[str, torch.Tensor]:
     """The batch with the inputs outside ``pattern`` hidden (as modality dropout hides
-    them), so that a pattern's statistics come from the same network on the same subjects."""
+    them), so that a pattern's statistics come from the same network on the same subjects;
+    a pattern without scores reads each record as it reads without them (``text_unscored``
+    and ``tab_scores``, from ``build_samples(unscored=True)``)."""
     out = dict(batch)
     if pattern == "mri":
         out["has_text"] = torch.zeros_like(batch["has_text"])
         out["tab_mask"] = torch.zeros_like(batch["tab_mask"])
-    elif pattern == "record":
+    elif pattern in ("record", "record (no scores)"):
         out["has_image"] = torch.zeros_like(batch["has_image"])
+    if pattern in UNSCORED.values():
+        out["text"] = batch["text_unscored"]
+        out["tab_mask"] = batch["tab_mask"] * (1 - batch["tab_scores"])
     return out
 
 
@@ -254,8 +270,11 @@ class Calibration(BaseModel):
         if features is None:
             return [None] * len(patterns)
         out: list[tuple[float, float] | None] = []
+        scored = {v: k for k, v in UNSCORED.items()}
         for f, p in zip(features, patterns, strict=True):
-            dist = self.features.get(p)
+            # a pattern refitted after training has no distribution of its own: its scored
+            # pattern's is the nearest there is
+            dist = self.features.get(p) or self.features.get(scored.get(p, p))
             out.append(None if dist is None else (float(dist.distance(f)[0]), dist.threshold))
         return out
 

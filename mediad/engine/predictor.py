@@ -22,6 +22,7 @@ from mediad.data.records import COGNITIVE_SCORES, LABEL_DEFINING_FIELDS, Clinica
 from mediad.engine.calibration import (
     OOD_MARGIN,
     OOD_PERCENTILE,
+    UNSCORED,
     Calibration,
     InputPattern,
     input_pattern,
@@ -175,9 +176,11 @@ class Predictor:
                     f", but llm_templates/ holds {self.summarizer.template.version}; use the "
                     "template the model was trained with")
             self.embedder = TextEmbedder(self.ck["text_model_id"], root / "embeddings")
-        # read from the stored config: one saved before the field existed trained without
         reads = set(mc.tabular_fields) if (mc.use_tabular or mc.kind == "tabular") else set()
         reads |= set(self.ck.get("summary_fields") or []) if self.use_text else set()
+        #: whether records without scores are a pattern of their own for this model
+        self.reads_scores = bool(reads & set(COGNITIVE_SCORES)) and mc.kind != "tabular"
+        # read from the stored config: one saved before the field existed trained without
         self.unscored_untrained = bool(reads & set(COGNITIVE_SCORES)) and not (
             self.ck["config"].get("optim", {}).get("score_dropout", 0.0) > 0)
         imaging = self.config.data.imaging
@@ -230,7 +233,7 @@ class Predictor:
             MediADError: an item with nothing to predict from, or an unusable MRI (named).
         """
         run = self.run_network(items)
-        patterns = [input_pattern(use, record is not None)
+        patterns = [self._pattern(use, record)
                     for use, (_, record) in zip(run["use_mri"], items, strict=True)]
         log_p = run["log_p"]
         ood: list[tuple[float, float] | None] = [None] * len(items)
@@ -241,6 +244,17 @@ class Predictor:
                 for (mri, record), use, summary, sample, lp, qc, pattern, far, ct in zip(
                     items, run["use_mri"], run["summaries"], run["samples"], log_p,
                     run["qc"], patterns, ood, run["contrast"], strict=True)]
+
+    def _pattern(self, use_mri: bool, record: ClinicalRecord | None) -> InputPattern:
+        """The calibrated pattern an answer belongs to: a record without any cognitive score
+        is one of its own where the model reads scores and has a temperature for it
+        (checkpoints from before it existed use the scored pattern's)."""
+        scored = record is None or any(getattr(record, f) is not None
+                                       for f in COGNITIVE_SCORES)
+        pattern = input_pattern(use_mri, record is not None, scored or not self.reads_scores)
+        if self.calibration is not None and pattern not in self.calibration.temperature:
+            return input_pattern(use_mri, record is not None)
+        return pattern
 
     def readout(self, items: list[tuple[str | Path | PreparedMRI | None,
                                         ClinicalRecord | None]]) -> np.ndarray:
@@ -286,7 +300,8 @@ class Predictor:
                      for r in records]
         samples = build_samples(records, [None] * len(items), self.classes,
                                 self.summarizer if self.use_text else None, self.embedder,
-                                mc.tabular_fields)
+                                mc.tabular_fields,
+                                unscored=any(p in UNSCORED.values() for p in patterns))
         readout = None
         by_pattern: dict[str, np.ndarray] = {}
         if tabular_model:

@@ -128,7 +128,8 @@ def recalibrate(checkpoint: str | Path, manifest: str | Path, out: str | Path, *
         "and a temperature fitted on them would be too. Use held-out subjects, or pass "
         "--force.", force)
     patterns = model_patterns(predictor.use_image,
-                              predictor.use_text or predictor.config.model.use_tabular)
+                              predictor.use_text or predictor.config.model.use_tabular,
+                              predictor.reads_scores)
     predictor.prepare([r.mri_path for r in rows if r.mri_path], workers)
     scored, skipped = _score(predictor, rows, patterns, batch_size, progress)
     old = predictor.calibration
@@ -159,14 +160,15 @@ def _score(predictor: Predictor, rows: list[ManifestRow], patterns: tuple[str, .
     pass that encodes each MRI once for both. An MRI that cannot be read or preprocessed
     drops that subject from the MRI patterns (counted), as evaluation reports it rather
     than stopping."""
-    imaged = tuple(p for p in patterns if p != "record")
+    imaged = tuple(p for p in patterns if p.startswith("mri"))
+    unimaged = tuple(p for p in patterns if not p.startswith("mri"))
     passes: list[tuple[tuple[str, ...], list[tuple[Any, ManifestRow, int]]]] = []
     if imaged:
         passes.append((imaged, [(r.mri_path, r, predictor.classes.index(r.diagnosis))
                                 for r in rows if r.mri_path]))
-    if "record" in patterns:
-        passes.append((("record",), [(None, r, predictor.classes.index(r.diagnosis))
-                                     for r in rows]))
+    if unimaged:
+        passes.append((unimaged, [(None, r, predictor.classes.index(r.diagnosis))
+                                  for r in rows]))
     total = sum(-(-len(items) // batch_size) for _, items in passes)
     done, unusable = 0, 0
     parts: dict[str, tuple[list[int], list[np.ndarray]]] = {p: ([], []) for p in patterns}

@@ -69,8 +69,10 @@ def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str
     ``site`` is the record's index in ``sites`` (the training sites), -1 when unknown or at
     prediction time: only training reads it (back door, site adversary, balance).
     ``unscored`` also gives each sample ``text_unscored``, its summary as it reads without
-    the cognitive scores, for :func:`drop_scores` (one more summary per scored record;
-    only the sections that differ are embedded, each distinct one once).
+    the cognitive scores, and ``tab_scores``, where the scores sit among the record fields:
+    for :func:`drop_scores` and for calibrating answers from records without scores (one
+    more summary per scored record, an LLM call with an LLM backend; only the sections
+    that differ are embedded, each distinct one once).
     """
     def sections(record: ClinicalRecord | None) -> list[str]:
         if record is None or summarizer is None or embedder is None:
@@ -90,6 +92,7 @@ def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str
             text[j] = vectors[sentence]
         return text
 
+    scores = np.array([f in COGNITIVE_SCORES for f in tabular_fields], np.float32)
     samples = []
     for i, (r, path) in enumerate(zip(rows, mri_paths, strict=True)):
         values, mask = tabular_features(r, tuple(tabular_fields))
@@ -103,6 +106,7 @@ def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str
         }
         if unscored:
             sample["text_unscored"] = embedded(others[i]) if others[i] else sample["text"]
+            sample["tab_scores"] = scores
         samples.append(sample)
     return samples
 
@@ -212,36 +216,31 @@ def make_summarizer(config: TrainConfig, cache: Path) -> Summarizer:
     return Summarizer(summary)
 
 
-def drop_scores(batch: dict[str, torch.Tensor], p: float, generator: torch.Generator,
-                score_columns: Sequence[int]) -> dict[str, torch.Tensor]:
+def drop_scores(batch: dict[str, torch.Tensor], p: float, generator: torch.Generator
+                ) -> dict[str, torch.Tensor]:
     """Hide the cognitive scores of each training record with chance ``p``: its summary
-    becomes the one written without them (``text_unscored``) and their fields are masked.
+    becomes the one written without them (``text_unscored``) and their fields are masked
+    (``tab_scores``).
 
     Records in a study almost always hold the scores; records brought to the model often do
     not. A model that never saw a record without them read such a record as if the missing
     scores meant something.
 
     Args:
-        batch: a collated batch with ``text_unscored`` (``build_samples(unscored=True)``).
+        batch: a collated batch from ``build_samples(unscored=True)``.
         p: chance of hiding a sample's scores.
         generator: the owned RNG (seeded per run).
-        score_columns: where the scores sit among the record fields (``tab_mask``).
 
     Returns:
         A new batch dictionary; the input tensors are not modified.
     """
     if p <= 0 or "text_unscored" not in batch:
         return batch
-    drop = torch.rand(len(batch["label"]), generator=generator) < p
-    drop = drop.to(batch["text"].device)
+    drop = (torch.rand(len(batch["label"]), generator=generator) < p).to(batch["text"].device)
     out = dict(batch)
     out["text"] = torch.where(drop[:, None, None], batch["text_unscored"], batch["text"])
-    if score_columns:
-        mask = batch["tab_mask"].clone()
-        cols = torch.tensor(list(score_columns), device=mask.device)
-        mask[:, cols] = torch.where(drop[:, None], torch.zeros_like(mask[:, cols]),
-                                    mask[:, cols])
-        out["tab_mask"] = mask
+    out["tab_mask"] = batch["tab_mask"] * (1 - drop[:, None].to(batch["tab_mask"].dtype)
+                                           * batch["tab_scores"])
     return out
 
 

@@ -205,10 +205,14 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
         "subject_salt": salt,
         "train_subject_hashes": hash_subjects((r.subject_id for r in by_split["train"]), salt),
     }
+    # records without scores are a pattern of their own (score dropout in training, a
+    # temperature after it) wherever the model reads a score
+    unscored = config.model.kind != "tabular" and bool(set(COGNITIVE_SCORES) & (
+        (set(config.model.tabular_fields) if config.model.use_tabular else set())
+        | (set(summarizer.fields) if summarizer else set())))
     samples = {name: build_samples(rs, [r.mri_path if use_image else None for r in rs],
                                    classes, summarizer, embedder,
-                                   config.model.tabular_fields, sites,
-                                   unscored=name == "train" and config.optim.score_dropout > 0)
+                                   config.model.tabular_fields, sites, unscored)
                for name, rs in by_split.items()}
     oc = config.optim
     for name, group in samples.items():
@@ -322,8 +326,6 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                                  seed=oc.seed, drop_last=False)
     per_rank = max(1, oc.batch_size // d.world)
     loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=0)
-    score_columns = [i for i, f in enumerate(config.model.tabular_fields)
-                     if f in COGNITIVE_SCORES]
     eval_loaders = {k: DataLoader(v, batch_size=oc.batch_size, shuffle=False)
                     for k, v in eval_sets.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=oc.lr, weight_decay=oc.weight_decay)
@@ -362,7 +364,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         for batch in bar:
             b = drop_modalities(batch_to(batch, device), oc.modality_dropout, dropout_rng,
                                 model.reads)
-            b = drop_scores(b, oc.score_dropout, scores_rng, score_columns)
+            b = drop_scores(b, oc.score_dropout, scores_rng)
             with _autocast(device, oc.precision):
                 output = net(b)
                 loss = model.loss(output, b["label"], b["weight"].float())
@@ -440,7 +442,9 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
     train_eval = DataLoader(make_dataset(samples["train"], imaging, False, cache_dir=cache)
                             if config.data.augment or config.data.augment_pose else train_set,
                             batch_size=oc.batch_size, shuffle=False)
-    return _finish(config, out, model, eval_loaders, device, state, meta, d, train_eval)
+    unscored = bool(samples["train"]) and "text_unscored" in samples["train"][0]
+    return _finish(config, out, model, eval_loaders, device, state, meta, d, train_eval,
+                   unscored)
 
 
 def should_stop(best: float, stale: int, epoch: int, oc: OptimConfig, n_classes: int,
@@ -500,7 +504,8 @@ def selection_score(val: dict[str, Any], oc: OptimConfig, train_loss: float
 
 def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
             loaders: dict[str, DataLoader], device: torch.device, state: dict[str, Any],
-            meta: dict[str, Any], d: DistInfo, train_eval: DataLoader) -> TrainResult:
+            meta: dict[str, Any], d: DistInfo, train_eval: DataLoader,
+            unscored: bool = False) -> TrainResult:
     best = load_checkpoint(out / "best.pt") if (out / "best.pt").exists() else None
     if best is not None:
         model.load_state_dict(best["model_state"])
@@ -511,10 +516,10 @@ def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
         """Shift-averaged predictions (27 forward passes a subject), every pattern of a
         split in one pass: a pattern that hides nothing the model reads is the plain
         prediction."""
-        if pattern == "mri+record" or (pattern,) == _patterns(model):
+        if pattern == _patterns(model)[0]:
             pattern = None
         if (name, pattern) not in memo:
-            patterns = _restricted_patterns(model)
+            patterns = _restricted_patterns(model, unscored)
             for p, pred in predict_patterns(model, loaders[name], device, patterns,
                                             averaged=True).items():
                 memo[name, p] = pred
@@ -525,10 +530,11 @@ def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
         metrics[name] = classification_metrics(p["y"], p["log_probs"], config.model.classes)
     calibration = None
     if "val" in loaders:
-        calibration = _calibrate(model, averaged, train_eval, device)
+        calibration = _calibrate(model, averaged, train_eval, device, unscored)
         metrics["calibration"] = calibration.model_dump(mode="json", exclude={"features"})
         if "test" in loaders:
-            metrics["test_calibrated"] = _pattern_metrics(model, averaged, calibration, config)
+            metrics["test_calibrated"] = _pattern_metrics(model, averaged, calibration, config,
+                                                          unscored)
     if d.main and best is not None:
         extra = {} if calibration is None else {"calibration": calibration.model_dump(
             mode="json")}
@@ -537,25 +543,29 @@ def _finish(config: TrainConfig, out: Path, model: MultimodalNet,
     return TrainResult(out, state["best_epoch"], metrics)
 
 
-def _patterns(model: MultimodalNet) -> tuple[InputPattern, ...]:
-    """The input patterns a model can be asked with."""
-    return model_patterns(model.use_image, model.use_text or model.tabular is not None)
+def _patterns(model: MultimodalNet, unscored: bool = False) -> tuple[InputPattern, ...]:
+    """The input patterns a model can be asked with (``unscored``: records without scores
+    too; calibration asks for them, checkpoint selection does not)."""
+    return model_patterns(model.use_image, model.use_text or model.tabular is not None,
+                          unscored)
 
 
-def _restricted_patterns(model: MultimodalNet) -> list[InputPattern | None]:
+def _restricted_patterns(model: MultimodalNet, unscored: bool = False
+                         ) -> list[InputPattern | None]:
     """The model's patterns as :func:`restrict_inputs` takes them (``None``: all inputs)."""
-    patterns = _patterns(model)
-    return [None, *patterns[1:]] if len(patterns) > 1 else [None]
+    patterns = _patterns(model, unscored)
+    return [None, *patterns[1:]]
 
 
 def _calibrate(model: MultimodalNet, averaged: Callable[..., dict[str, np.ndarray]],
-               train_eval: DataLoader, device: torch.device) -> Calibration:
+               train_eval: DataLoader, device: torch.device, unscored: bool = False
+               ) -> Calibration:
     """Temperatures on validation, and the training feature distribution, per pattern."""
     per_pattern = {}
     trains = predict_patterns(model, train_eval, device,  # features: unshifted
-                              _restricted_patterns(model))
-    for pattern, restricted in zip(_patterns(model), _restricted_patterns(model),
-                                   strict=True):
+                              _restricted_patterns(model, unscored))
+    for pattern, restricted in zip(_patterns(model, unscored),
+                                   _restricted_patterns(model, unscored), strict=True):
         val = averaged("val", pattern)
         train = trains[restricted]
         per_pattern[pattern] = {"y": val["y"], "log_probs": val["log_probs"],
@@ -565,12 +575,13 @@ def _calibrate(model: MultimodalNet, averaged: Callable[..., dict[str, np.ndarra
 
 
 def _pattern_metrics(model: MultimodalNet, averaged: Callable[..., dict[str, np.ndarray]],
-                     calibration: Calibration, config: TrainConfig) -> dict[str, Any]:
+                     calibration: Calibration, config: TrainConfig, unscored: bool = False
+                     ) -> dict[str, Any]:
     """Test balanced accuracy and ECE per input pattern, before and after calibration."""
     from scipy.special import softmax
 
     out = {}
-    for pattern in _patterns(model):
+    for pattern in _patterns(model, unscored):
         p = averaged("test", pattern)
         keep = p["y"] >= 0
         if not keep.any():

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 from scipy.special import log_softmax, softmax
 
-from mediad.data.records import load_manifest
+from mediad.data.records import COGNITIVE_SCORES, load_manifest
 from mediad.engine.calibration import (
     Calibration,
     fit_calibration,
@@ -129,13 +129,30 @@ def predictor(tiny_run: Path) -> Predictor:
 def test_training_stores_calibration_and_predictions_use_it(predictor: Predictor,
                                                            tiny_cohort: Path) -> None:
     cal = predictor.calibration
-    assert cal is not None and set(cal.temperature) == {"mri+record", "mri", "record"}
-    assert set(cal.features) == {"mri+record", "mri", "record"}
+    patterns = {"mri+record", "mri", "record", "mri+record (no scores)", "record (no scores)"}
+    assert cal is not None and set(cal.temperature) == patterns
+    assert set(cal.features) == patterns
     row = load_manifest(tiny_cohort / "manifest.csv").rows[0]
     both, mri, rec = (predictor.predict(m, r) for m, r in ((row.mri_path, row),
                                                             (row.mri_path, None), (None, row)))
     assert (both.input_pattern, mri.input_pattern, rec.input_pattern) == (
         "mri+record", "mri", "record")
+    # a record without any score is answered, and calibrated, as a pattern of its own; one
+    # score is enough for the scored pattern
+    unscored = row.model_copy(update=dict.fromkeys(COGNITIVE_SCORES))
+    assert predictor.predict(row.mri_path, unscored).input_pattern == "mri+record (no scores)"
+    assert predictor.predict(None, unscored).input_pattern == "record (no scores)"
+    one = unscored.model_copy(update={"faq": 3.0})
+    assert predictor.predict(None, one).input_pattern == "record"
+    raw = predictor.run_network([(None, unscored)])["log_p"]
+    np.testing.assert_allclose(
+        list(predictor.predict(None, unscored).probabilities.values()),
+        np.exp(cal.calibrate(raw, ["record (no scores)"]))[0], atol=1e-5)
+    # its temperature was fitted on the same subjects' records with their scores hidden,
+    # which the network reads as it reads a record that never had them
+    hidden = predictor.run_network([(None, row)], patterns=["record (no scores)"])
+    np.testing.assert_allclose(hidden["log_p_by_pattern"]["record (no scores)"], raw,
+                               atol=1e-5)
     assert both.calibrated and both.uncertainty
     for p in (both, mri, rec):
         assert abs(sum(p.probabilities.values()) - 1) < 1e-4

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy.special import log_softmax
 
-from mediad.data.records import load_manifest
+from mediad.data.records import COGNITIVE_SCORES, load_manifest
 from mediad.engine.calibration import fit_temperature
 from mediad.engine.predictor import Predictor
 from mediad.engine.recalibrate import MIN_SUBJECTS, recalibrate
@@ -29,7 +29,8 @@ def test_temperatures_are_refitted_on_the_cohort_and_the_rest_is_kept(
                          min_subjects=10)
     assert source.read_bytes() == before_bytes  # the trained checkpoint is left alone
     old, new = Predictor(source), Predictor(out)
-    assert set(result.patterns) == {"mri+record", "mri", "record"}
+    assert set(result.patterns) == {"mri+record", "mri", "record", "mri+record (no scores)",
+                                    "record (no scores)"}
     # checked independently: the record-only temperature is the NLL fit of the network's
     # own record-only answers on the labelled subjects
     rows = [r for r in load_manifest(in_distribution_cohort / "manifest.csv").rows
@@ -38,6 +39,11 @@ def test_temperatures_are_refitted_on_the_cohort_and_the_rest_is_kept(
     log_p = old.run_network([(None, r) for r in rows])["log_p"]
     expected = fit_temperature(log_p, y)
     assert new.calibration.temperature["record"] == pytest.approx(expected, rel=1e-3)
+    # and the one without scores, of the same records with their scores hidden
+    hidden = [r.model_copy(update=dict.fromkeys(COGNITIVE_SCORES)) for r in rows]
+    expected = fit_temperature(old.run_network([(None, r) for r in hidden])["log_p"], y)
+    assert new.calibration.temperature["record (no scores)"] == pytest.approx(expected,
+                                                                              rel=1e-3)
     refit = result.patterns["record"]
     assert refit.n == len(rows) and refit.new_temperature is not None
     # 20 subjects are still few: answers keep saying their probability is rough

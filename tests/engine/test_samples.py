@@ -44,6 +44,8 @@ def test_unscored_text_differs_only_in_the_cognition_section() -> None:
     assert changed == [cognition]
     # without its scores, the first record's cognition section reads as the second's
     assert np.array_equal(scored["text_unscored"][cognition], unscored["text"][cognition])
+    assert [f for f, s in zip(TABULAR_FIELDS, scored["tab_scores"], strict=True) if s] == list(
+        COGNITIVE_SCORES)
     # a record with no scores to hide, and a missing record, read the same either way
     assert np.array_equal(unscored["text_unscored"], unscored["text"])
     assert not absent["text_unscored"].any() and absent["has_text"] == 0
@@ -58,10 +60,11 @@ def test_unscored_text_differs_only_in_the_cognition_section() -> None:
 def test_score_dropout_hides_summary_and_fields_together() -> None:
     n, fields = 4000, list(TABULAR_FIELDS)
     columns = [fields.index(f) for f in COGNITIVE_SCORES]
+    scores = torch.tensor([float(f in COGNITIVE_SCORES) for f in fields])
     batch = {"label": torch.zeros(n, dtype=torch.long),
              "text": torch.ones(n, 5, 384), "text_unscored": torch.zeros(n, 5, 384),
-             "tab_mask": torch.ones(n, len(fields))}
-    out = drop_scores(batch, 0.3, torch.Generator().manual_seed(0), columns)
+             "tab_mask": torch.ones(n, len(fields)), "tab_scores": scores.expand(n, -1)}
+    out = drop_scores(batch, 0.3, torch.Generator().manual_seed(0))
     hidden = out["text"].amax((1, 2)) == 0
     assert 0.27 < float(hidden.float().mean()) < 0.33
     # the same samples lose their score fields, and only those fields
@@ -69,6 +72,6 @@ def test_score_dropout_hides_summary_and_fields_together() -> None:
     others = [i for i in range(len(fields)) if i not in columns]
     assert bool(out["tab_mask"][:, others].all())
     assert bool(batch["tab_mask"].all()) and bool(batch["text"].all())  # not modified
-    assert drop_scores(batch, 0.0, torch.Generator(), columns) is batch
+    assert drop_scores(batch, 0.0, torch.Generator()) is batch
     no_unscored = {k: v for k, v in batch.items() if k != "text_unscored"}
-    assert drop_scores(no_unscored, 0.5, torch.Generator(), columns) is no_unscored
+    assert drop_scores(no_unscored, 0.5, torch.Generator()) is no_unscored
