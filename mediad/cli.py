@@ -473,13 +473,14 @@ def calibrate(
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
 
-    out.print("inputs        n  temperature     ECE uncalibrated / old T / new T "
+    width = max(len("inputs"), *(len(p) for p in result.patterns))
+    out.print(f"{'inputs':<{width}}    n  temperature     ECE uncalibrated / old T / new T "
               "(on these subjects)", highlight=False)
     for pattern, r in result.patterns.items():
         t_new = "kept" if r.new_temperature is None else f"{r.new_temperature:.2f}"
         bias = ("" if r.new_bias is None else "  class bias "
                 + " / ".join(f"{b:+.2f}" for b in r.new_bias))
-        out.print(f"{pattern:<11} {r.n:>4}  {r.old_temperature:.2f} -> {t_new:<6}  "
+        out.print(f"{pattern:<{width}} {r.n:>4}  {r.old_temperature:.2f} -> {t_new:<6}  "
                   f"{fmt(r.ece_uncalibrated)} / {fmt(r.ece_old)} / {fmt(r.ece_new)}"
                   + bias + (f"  ({r.note})" if r.note else ""), highlight=False)
     if result.skipped_mri:

@@ -357,6 +357,11 @@ if pred is not None:
     if used["mri"] != used["record"]:
         st.warning(f"This answer rests on the {'MRI' if used['mri'] else 'record'} alone: "
                    f"the {'record' if used['mri'] else 'MRI'} was not given.")
+    if pred.input_pattern.endswith("(no scores)"):
+        st.info("The record holds none of the cognitive scores (MMSE, CDR-SB, ADAS-Cog-13, "
+                "FAQ): the answer rests on the rest of it"
+                + (" and the MRI" if used["mri"] else "") + ", and is calibrated on records "
+                "without them, which settle the question far less often.")
     for caveat in pred.caveats:
         st.warning(f"Caveat: {caveat}.")
     st.write("**Inputs used:** " + ", ".join(k for k in ("mri", "record") if used[k]).replace(

@@ -218,6 +218,9 @@ def test_patient_form_validates(app_env: Path) -> None:
     assert "Record accepted." in texts(at)
     button(at, "Predict").click().run()
     assert "Probabilities" in texts(at) and not at.exception
+    # an age and nothing else: answered and calibrated as a record without scores, and said
+    assert predicted(at)["input_pattern"] == "record (no scores)"
+    assert "holds none of the cognitive scores" in texts(at)
 
 
 def test_cohort_page_evaluates(app_env: Path) -> None:
@@ -359,7 +362,8 @@ def test_model_card(app_env: Path) -> None:
     # calibration per input pattern, as a table of its own
     assert "Calibration per input pattern" in shown
     table = next(d.value for d in at.dataframe if "temperature" in d.value.columns)
-    assert set(table.index) == {"MRI and record", "MRI only", "record only"}
+    assert set(table.index) == {"MRI and record", "MRI only", "record only",
+                                "MRI and record without scores", "record without scores only"}
     # fitted on the demo's few validation subjects: the card says the temperatures are rough
     assert (table["fitted on (subjects)"] < 50).all()
     assert any("are rough" in w.value for w in at.warning)
