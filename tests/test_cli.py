@@ -116,7 +116,8 @@ def test_demo_builds_once_then_reuses(tmp_path: Path, monkeypatch: pytest.Monkey
     data = tmp_path / "data"
     report = json.loads((data / "demo-model" / demo.CALIBRATION_REPORT).read_text())
     assert {p: r["new_temperature"] for p, r in report["patterns"].items()} == {
-        "mri+record": None, "mri": None, "record": None}
+        "mri+record": None, "mri": None, "record": None, "mri+record (no scores)": None,
+        "record (no scores)": None}
     assert "refitted on new subjects" in output and "-> kept (n=12)" in output
     cal_ids = {r.subject_id for r in load_manifest(
         data / demo.DEMO_CALIBRATION_FOLDER / "manifest.csv").rows}
@@ -168,7 +169,8 @@ def test_demo_reference_builds_the_augmented_model_beside_the_demo(
     cal_rows = load_manifest(data / demo.REFERENCE_CALIBRATION_FOLDER / "manifest.csv").rows
     n_mri = sum(bool(r.mri_path) for r in cal_rows)
     assert {p: r["n"] for p, r in report["patterns"].items()} == {
-        "mri+record": n_mri, "mri": n_mri, "record": 16}
+        "mri+record": n_mri, "mri": n_mri, "record": 16, "mri+record (no scores)": n_mri,
+        "record (no scores)": 16}
     assert all("fewer than" in r["note"] for r in report["patterns"].values())
     assert "refitted on new subjects" in output and "-> kept (n=16)" in output
     assert ref.calibration.fitted_on == "validation split"
@@ -273,9 +275,10 @@ def test_calibrate_prints_each_pattern_and_refuses_training_subjects(
     code, output = run("calibrate", "--checkpoint", tiny_run / "best.pt", "--manifest",
                        in_distribution_cohort / "manifest.csv", "--out", out, "--workers", 1)
     assert code == 0 and out.is_file() and f"wrote {out}" in output
-    lines = {line.split()[0]: line for line in output.splitlines()
-             if line.split() and line.split()[0] in ("mri+record", "mri", "record")}
-    assert set(lines) == {"mri+record", "mri", "record"}
+    rows = [re.match(r"^(.+?)\s+\d+\s+\d", line) for line in output.splitlines()]
+    lines = {m.group(1): m.string for m in rows if m}
+    assert set(lines) == {"mri+record", "mri", "record", "mri+record (no scores)",
+                          "record (no scores)"}
     assert all("kept" in line and "fewer than 50" in line for line in lines.values())
     code, output = run("calibrate", "--checkpoint", tiny_run / "best.pt", "--manifest",
                        tiny_cohort / "manifest.csv", "--out", tmp_path / "other.pt")

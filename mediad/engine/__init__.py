@@ -39,6 +39,7 @@ _HOMES = {
     "data_fingerprint": "samples",
     "distributed": "ddp",
     "drop_modalities": "samples",
+    "drop_scores": "samples",
     "fit_calibration": "calibration",
     "fit_feature_distribution": "calibration",
     "fit_class_bias": "calibration",
