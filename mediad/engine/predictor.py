@@ -76,6 +76,11 @@ def _blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _has_no_scores(record: ClinicalRecord) -> bool:
+    """Whether a record holds none of the cognitive scores."""
+    return all(getattr(record, f) is None for f in COGNITIVE_SCORES)
+
+
 def probability_text(p: float) -> str:
     """A probability as a person should read it: rounded down (never overstating how sure
     an answer is), never 1.00 or 0.00."""
@@ -178,10 +183,11 @@ class Predictor:
             self.embedder = TextEmbedder(self.ck["text_model_id"], root / "embeddings")
         reads = set(mc.tabular_fields) if (mc.use_tabular or mc.kind == "tabular") else set()
         reads |= set(self.ck.get("summary_fields") or []) if self.use_text else set()
+        reads_scores = bool(reads & set(COGNITIVE_SCORES))
         #: whether records without scores are a pattern of their own for this model
-        self.reads_scores = bool(reads & set(COGNITIVE_SCORES)) and mc.kind != "tabular"
+        self.reads_scores = reads_scores and mc.kind != "tabular"
         # read from the stored config: one saved before the field existed trained without
-        self.unscored_untrained = bool(reads & set(COGNITIVE_SCORES)) and not (
+        self.unscored_untrained = reads_scores and not (
             self.ck["config"].get("optim", {}).get("score_dropout", 0.0) > 0)
         imaging = self.config.data.imaging
         self.preprocess = None if mni_inputs else imaging.preprocess
@@ -249,8 +255,7 @@ class Predictor:
         """The calibrated pattern an answer belongs to: a record without any cognitive score
         is one of its own where the model reads scores and has a temperature for it
         (checkpoints from before it existed use the scored pattern's)."""
-        scored = record is None or any(getattr(record, f) is not None
-                                       for f in COGNITIVE_SCORES)
+        scored = record is None or not _has_no_scores(record)
         pattern = input_pattern(use_mri, record is not None, scored or not self.reads_scores)
         if self.calibration is not None and pattern not in self.calibration.temperature:
             return input_pattern(use_mri, record is not None)
@@ -365,8 +370,7 @@ class Predictor:
                          f"{ood[1]:.1f}, {OOD_MARGIN:g} x the validation "
                          f"{OOD_PERCENTILE:g}th percentile, for {pattern} inputs)")
         caveats = [TEXTURE_CAVEAT] if pattern == "mri" and not self.config.data.augment else []
-        if (record is not None and self.unscored_untrained
-                and all(getattr(record, f) is None for f in COGNITIVE_SCORES)):
+        if record is not None and self.unscored_untrained and _has_no_scores(record):
             caveats.append(UNSCORED_CAVEAT)
         rough = self.calibration.roughly_fitted() if self.calibration is not None else {}
         if self.calibration is not None and pattern in self.calibration.at_bound():
