@@ -59,6 +59,7 @@ _HOMES = {
     "predict_patterns": "trainer",
     "prepare_images": "samples",
     "probability_text": "predictor",
+    "reads_scores": "samples",
     "recalibrate": "recalibrate",
     "refuse_training_subjects": "checkpoint",
     "restrict_inputs": "calibration",

@@ -30,7 +30,7 @@ from mediad.engine.calibration import (
 )
 from mediad.engine.checkpoint import load_checkpoint
 from mediad.engine.config import TrainConfig, cache_root
-from mediad.engine.samples import build_samples, make_summarizer
+from mediad.engine.samples import build_samples, make_summarizer, reads_scores
 from mediad.errors import MediADError
 from mediad.networks.encoders import TextEmbedder
 from mediad.networks.models import MultimodalNet, TabularBaseline, build_model
@@ -181,14 +181,13 @@ class Predictor:
                     f", but llm_templates/ holds {self.summarizer.template.version}; use the "
                     "template the model was trained with")
             self.embedder = TextEmbedder(self.ck["text_model_id"], root / "embeddings")
-        reads = set(mc.tabular_fields) if (mc.use_tabular or mc.kind == "tabular") else set()
-        reads |= set(self.ck.get("summary_fields") or []) if self.use_text else set()
-        reads_scores = bool(reads & set(COGNITIVE_SCORES))
+        reads = reads_scores(mc, (self.ck.get("summary_fields") or []) if self.use_text else ())
         #: whether records without scores are a pattern of their own for this model
-        self.reads_scores = reads_scores and mc.kind != "tabular"
-        # read from the stored config: one saved before the field existed trained without
-        self.unscored_untrained = reads_scores and not (
-            self.ck["config"].get("optim", {}).get("score_dropout", 0.0) > 0)
+        self.reads_scores = reads and mc.kind != "tabular"
+        # read from the stored config: one saved before the field existed trained without;
+        # the tabular baseline never hides them, whatever its config says
+        self.unscored_untrained = reads and (mc.kind == "tabular" or not (
+            self.ck["config"].get("optim", {}).get("score_dropout", 0.0) > 0))
         imaging = self.config.data.imaging
         self.preprocess = None if mni_inputs else imaging.preprocess
         self.preprocess_cache = cache_root(self.config) / "preprocessed"

@@ -18,6 +18,7 @@ from mediad.data.transforms import MaybeImaged, pose_augmentation, scanner_augme
 from mediad.engine.config import TrainConfig
 from mediad.errors import InputError, Issue
 from mediad.networks.encoders import TextEmbedder, tabular_features
+from mediad.networks.models import ModelConfig
 from mediad.summarize import Summarizer
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "make_dataset",
     "make_summarizer",
     "prepare_images",
+    "reads_scores",
 ]
 
 
@@ -51,6 +53,22 @@ def confounder_vector(record: ClinicalRecord | None) -> np.ndarray:
     sex = 0.5 if record.sex is None else float(record.sex == "female")
     return np.array([age, sex, float(bool(record.hypertension or record.diabetes))],
                     np.float32)
+
+
+def reads_scores(model: ModelConfig, summary_fields: Sequence[str]) -> bool:
+    """Whether a model reads any cognitive score, in its record fields or its summary.
+
+    Such a model (unless it is the tabular baseline) hides the scores in training
+    (``optim.score_dropout``) and has input patterns of its own for records without them.
+
+    Args:
+        model: the model's config.
+        summary_fields: the fields its summary writes (empty without a summary).
+    """
+    reads = set(summary_fields)
+    if model.use_tabular or model.kind == "tabular":
+        reads |= set(model.tabular_fields)
+    return bool(reads & set(COGNITIVE_SCORES))
 
 
 def _unscored(record: ClinicalRecord | None) -> ClinicalRecord | None:

@@ -28,7 +28,7 @@ from torch import distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mediad.data.nifti import check_nifti_file
-from mediad.data.records import COGNITIVE_SCORES, ManifestRow, load_manifest
+from mediad.data.records import ManifestRow, load_manifest
 from mediad.data.splits import Splits, check_leakage, make_splits
 from mediad.engine.calibration import (
     Calibration,
@@ -56,6 +56,7 @@ from mediad.engine.samples import (
     make_dataset,
     make_summarizer,
     prepare_images,
+    reads_scores,
 )
 from mediad.errors import ImageError, InputError, Issue, MediADError
 from mediad.metrics import (
@@ -207,9 +208,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, show_progress: bool,
     }
     # records without scores are a pattern of their own (score dropout in training, a
     # temperature after it) wherever the model reads a score
-    unscored = config.model.kind != "tabular" and bool(set(COGNITIVE_SCORES) & (
-        (set(config.model.tabular_fields) if config.model.use_tabular else set())
-        | (set(summarizer.fields) if summarizer else set())))
+    unscored = config.model.kind != "tabular" and reads_scores(
+        config.model, summarizer.fields if summarizer else ())
     samples = {name: build_samples(rs, [r.mri_path if use_image else None for r in rs],
                                    classes, summarizer, embedder,
                                    config.model.tabular_fields, sites, unscored)

@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from mediad.data.records import COGNITIVE_SCORES, ClinicalRecord
-from mediad.engine.samples import build_samples, drop_scores
+from mediad.engine.samples import build_samples, drop_scores, reads_scores
 from mediad.networks.encoders import TABULAR_FIELDS
+from mediad.networks.models import ModelConfig
 from mediad.summarize import Summarizer, SummaryConfig
 
 
@@ -75,3 +76,16 @@ def test_score_dropout_hides_summary_and_fields_together() -> None:
     assert drop_scores(batch, 0.0, torch.Generator()) is batch
     no_unscored = {k: v for k, v in batch.items() if k != "text_unscored"}
     assert drop_scores(no_unscored, 0.5, torch.Generator()) is no_unscored
+
+
+def test_reads_scores_follows_the_fields_a_model_actually_reads() -> None:
+    scored_fields = ("age", "mmse")
+    # record fields count only when the model reads them; the tabular baseline always does
+    assert reads_scores(ModelConfig(use_tabular=True, tabular_fields=scored_fields), ())
+    assert not reads_scores(ModelConfig(use_tabular=False, tabular_fields=scored_fields), ())
+    assert reads_scores(ModelConfig(kind="tabular", use_tabular=False,
+                                    tabular_fields=scored_fields), ())
+    # a summary that writes a score is enough; one without any is not
+    assert reads_scores(ModelConfig(use_tabular=False), ("age", "cdr_sb"))
+    assert not reads_scores(ModelConfig(use_tabular=True, tabular_fields=("age", "sex")),
+                            ("age", "apoe4"))

@@ -162,14 +162,22 @@ def test_resume_continues_identically(tiny_cohort: Path, tmp_path: Path) -> None
 
 
 def test_baselines_train(tiny_cohort: Path, tmp_path: Path) -> None:
+    from mediad.data.records import COGNITIVE_SCORES
+    from mediad.engine.predictor import UNSCORED_CAVEAT
+
+    row = load_manifest(tiny_cohort / "manifest.csv").rows[0]
+    unscored = row.model_copy(update=dict.fromkeys(COGNITIVE_SCORES))
     for kind in ("tabular", "concat", "cf_adversarial"):
         cfg = tiny_train_config(tiny_cohort, kind=kind)
         cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"epochs": 1})})
         result = train(cfg, tmp_path / kind, show_progress=False)
         assert result.metrics["test"]["n"] > 0
-        p = Predictor(tmp_path / kind / "best.pt").predict(
-            None, load_manifest(tiny_cohort / "manifest.csv").rows[0])
-        assert p.model["kind"] == kind
+        predictor = Predictor(tmp_path / kind / "best.pt")
+        assert predictor.predict(None, row).model["kind"] == kind
+        # the tabular baseline reads the scores but never hides them in training, whatever
+        # its optim.score_dropout says: a record without them is outside what it learned
+        caveats = predictor.predict(None, unscored).caveats
+        assert (UNSCORED_CAVEAT in caveats) == (kind == "tabular"), (kind, caveats)
 
 
 @pytest.mark.slow
