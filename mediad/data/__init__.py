@@ -52,6 +52,7 @@ _HOMES = {
     "check_shape": "nifti",
     "check_voxels": "nifti",
     "detect_vocabulary": "records",
+    "has_no_scores": "records",
     "draw_population": "simulate",
     "extract_brain": "preprocess",
     "fit_registration": "preprocess",

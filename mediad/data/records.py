@@ -39,6 +39,7 @@ __all__ = [
     "ManifestRow",
     "RecordTable",
     "detect_vocabulary",
+    "has_no_scores",
     "json_schemas",
     "load_manifest",
     "load_records",
@@ -56,6 +57,12 @@ LABEL_DEFINING_FIELDS: tuple[str, ...] = ("mmse", "cdr_sb")
 #: The cognitive and functional scores: what a record from outside a study's assessment
 #: visit (a memory-clinic referral, a form filled in by hand) most often lacks.
 COGNITIVE_SCORES: tuple[str, ...] = ("mmse", "cdr_sb", "adas13", "faq")
+
+
+def has_no_scores(record: ClinicalRecord) -> bool:
+    """Whether a record holds none of the :data:`COGNITIVE_SCORES` (one is enough to count
+    as scored)."""
+    return all(getattr(record, f) is None for f in COGNITIVE_SCORES)
 
 
 class ClinicalRecord(BaseModel):

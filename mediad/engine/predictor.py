@@ -18,7 +18,7 @@ from mediad import RESEARCH_NOTICE
 from mediad.data.imaging import build_transforms, load_volume
 from mediad.data.preprocess import PreprocessResult, preprocess_file, preprocess_paths
 from mediad.data.quality import TissueContrast, t1_contrast, tissue_maps
-from mediad.data.records import COGNITIVE_SCORES, LABEL_DEFINING_FIELDS, ClinicalRecord
+from mediad.data.records import LABEL_DEFINING_FIELDS, ClinicalRecord, has_no_scores
 from mediad.engine.calibration import (
     OOD_MARGIN,
     OOD_PERCENTILE,
@@ -74,11 +74,6 @@ TEXTURE_CAVEAT = ("this model was trained without scanner augmentation: from an 
 
 def _blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _has_no_scores(record: ClinicalRecord) -> bool:
-    """Whether a record holds none of the cognitive scores."""
-    return all(getattr(record, f) is None for f in COGNITIVE_SCORES)
 
 
 def probability_text(p: float) -> str:
@@ -254,7 +249,7 @@ class Predictor:
         """The calibrated pattern an answer belongs to: a record without any cognitive score
         is one of its own where the model reads scores and has a temperature for it
         (checkpoints from before it existed use the scored pattern's)."""
-        scored = record is None or not _has_no_scores(record)
+        scored = record is None or not has_no_scores(record)
         pattern = input_pattern(use_mri, record is not None, scored or not self.reads_scores)
         if self.calibration is not None and pattern not in self.calibration.temperature:
             return input_pattern(use_mri, record is not None)
@@ -369,7 +364,7 @@ class Predictor:
                          f"{ood[1]:.1f}, {OOD_MARGIN:g} x the validation "
                          f"{OOD_PERCENTILE:g}th percentile, for {pattern} inputs)")
         caveats = [TEXTURE_CAVEAT] if pattern == "mri" and not self.config.data.augment else []
-        if record is not None and self.unscored_untrained and _has_no_scores(record):
+        if record is not None and self.unscored_untrained and has_no_scores(record):
             caveats.append(UNSCORED_CAVEAT)
         rough = self.calibration.roughly_fitted() if self.calibration is not None else {}
         if self.calibration is not None and pattern in self.calibration.at_bound():

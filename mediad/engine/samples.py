@@ -13,7 +13,7 @@ import torch
 
 from mediad.data.imaging import ImagingConfig, build_transforms
 from mediad.data.preprocess import QCRecord, preprocess_paths
-from mediad.data.records import COGNITIVE_SCORES, ClinicalRecord, ManifestRow
+from mediad.data.records import COGNITIVE_SCORES, ClinicalRecord, ManifestRow, has_no_scores
 from mediad.data.transforms import MaybeImaged, pose_augmentation, scanner_augmentation
 from mediad.engine.config import TrainConfig
 from mediad.errors import InputError, Issue
@@ -73,7 +73,7 @@ def reads_scores(model: ModelConfig, summary_fields: Sequence[str]) -> bool:
 
 def _unscored(record: ClinicalRecord | None) -> ClinicalRecord | None:
     """The record without its cognitive scores (``None`` when it has none to hide)."""
-    if record is None or all(getattr(record, f) is None for f in COGNITIVE_SCORES):
+    if record is None or has_no_scores(record):
         return None
     return record.model_copy(update=dict.fromkeys(COGNITIVE_SCORES))
 
