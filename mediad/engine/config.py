@@ -100,10 +100,18 @@ class OptimConfig(BaseModel):
         "bf16", description="On a CUDA GPU, run forward passes under bf16 autocast (weights "
         "and optimiser stay fp32) or in plain fp32; ignored on the CPU. "
         "benchmarks/bench_gpu.py measures both.")
+    average_from: int = Field(
+        0, ge=0, le=1000, description="Keep the mean of the weights over the epochs from "
+        "this one to the last (stochastic weight averaging, torch's ``AveragedModel``) "
+        "instead of the last epoch's; 0: off. Needs selection 'last'.")
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _validation_only_reports(self) -> OptimConfig:
+        if self.average_from and (self.selection != "last" or self.average_from > self.epochs):
+            raise ValueError(f"optim.average_from: {self.average_from} needs selection 'last' "
+                             f"(got {self.selection!r}) and at most {self.epochs} (epochs): "
+                             "the averaged weights are the final epoch's checkpoint")
         if self.validate_every > 1 and self.selection != "last":
             raise ValueError(f"optim.validate_every: {self.validate_every} needs selection "
                              f"'last' (got {self.selection!r}): checkpoint selection and "

@@ -332,6 +332,7 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_schedule(oc.epochs * len(loader), round(oc.warmup_epochs * len(loader))))
     state = {"epoch": 0, "best": (-1.0, -math.inf), "best_epoch": 0, "stale": 0}
+    averaged = (torch.optim.swa_utils.AveragedModel(model) if oc.average_from else None)
     if resume:
         ck = load_checkpoint(out / "last.pt", config.model.task)
         if "lr_lambdas" not in ck["scheduler"]:
@@ -342,6 +343,8 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["torch_rng"])
         state = dict(ck["train_state"])
+        if averaged is not None and "averaged_state" in ck:
+            averaged.load_state_dict(ck["averaged_state"])
         if not isinstance(state["best"], tuple):  # saved before the tie-break existed
             state["best"] = (float(state["best"]), -math.inf)
     elif model.front_door is not None:
@@ -385,6 +388,15 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
         if model.front_door is not None and feats:
             _refresh(model, gather(torch.cat(feats), d), gather(torch.cat(feat_sites), d),
                      oc.seed + epoch)
+        if averaged is not None and epoch >= oc.average_from:
+            averaged.update_parameters(model)
+            if epoch == oc.epochs:  # the schedule's end: the mean becomes the model
+                for mine, mean in zip(model.parameters(), averaged.module.parameters(),
+                                      strict=True):
+                    mine.data.copy_(mean.data)
+                if model.front_door is not None:  # its dictionary, from the mean's features
+                    _refresh(model, *_features(net, loader, device, d, sampler, epoch),
+                             oc.seed + epoch)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, n),
                                    "lr": scheduler.get_last_lr()[0],
                                    "seconds": time.perf_counter() - started}
@@ -416,7 +428,8 @@ def _train_net(config: TrainConfig, out: Path, samples: dict[str, list[dict[str,
                 save_checkpoint(out / "best.pt", base)
             save_checkpoint(out / "last.pt", {
                 **base, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "train_state": dict(state)})
+                "torch_rng": torch.get_rng_state(), "train_state": dict(state),
+                **({"averaged_state": averaged.state_dict()} if averaged is not None else {})})
             if show_progress:
                 line = f"epoch {epoch}: loss {metrics['train_loss']:.3f}"
                 if "val" in metrics:

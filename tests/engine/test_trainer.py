@@ -22,6 +22,7 @@ from mediad.engine.config import OptimConfig, TrainConfig
 from mediad.engine.predictor import TEXTURE_CAVEAT, Predictor
 from mediad.engine.trainer import train
 from mediad.errors import ImageError, InputError, MediADError
+from mediad.networks.models import build_model
 from tests.conftest import tiny_train_config
 
 
@@ -380,6 +381,34 @@ def test_selection_last_keeps_the_final_epoch(tiny_cohort: Path, tmp_path: Path)
     assert all(torch.equal(v, again[k]) for k, v in best["model_state"].items())
     with pytest.raises(ValidationError, match="validate_every"):
         OptimConfig(validate_every=3)  # selection and early stopping read every epoch
+
+
+def test_weight_averaging_keeps_the_mean_of_the_last_epochs(tiny_cohort: Path,
+                                                           tmp_path: Path) -> None:
+    """``average_from`` leaves training as it is and keeps the mean of the weights from
+    that epoch on; a run stopped in the middle of the averaging resumes it."""
+    config = tiny_train_config(tiny_cohort)
+    config = config.model_copy(update={"optim": config.optim.model_copy(
+        update={"selection": "last"})})
+    train(config, tmp_path / "plain", show_progress=False)
+    raw4 = load_checkpoint(tmp_path / "plain" / "last.pt")["model_state"]
+    averaging = config.model_copy(update={"optim": config.optim.model_copy(
+        update={"average_from": 3})})
+    train(averaging, tmp_path / "mean", show_progress=False, max_epochs=3)
+    raw3 = load_checkpoint(tmp_path / "mean" / "last.pt")["model_state"]
+    train(averaging, tmp_path / "mean", resume=True, show_progress=False)
+    best = load_checkpoint(tmp_path / "mean" / "best.pt")
+    mean = best["model_state"]
+    names = [n for n, _ in build_model(TrainConfig.model_validate(best["config"]).model,
+                                       (32, 32, 32)).named_parameters()]
+    assert names and all(n in mean for n in names)
+    moved = 0
+    for name in names:
+        torch.testing.assert_close(mean[name], (raw3[name] + raw4[name]) / 2, msg=name)
+        moved += not torch.equal(raw3[name], raw4[name])
+    assert moved > len(names) // 2  # the two epochs' weights differ: a mean was taken
+    with pytest.raises(ValidationError, match="average_from"):
+        OptimConfig(average_from=3)  # the mean is the final checkpoint: selection 'last'
 
 
 def test_a_checkpoint_from_before_smoothed_resampling_keeps_its_preprocessing(
