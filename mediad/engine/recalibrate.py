@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mediad.data.records import ManifestRow, load_manifest
+from mediad.data.records import ManifestRow, has_no_scores, load_manifest
 from mediad.engine.calibration import (
     MIN_BIAS_SUBJECTS,
     MIN_FIT_SUBJECTS,
+    UNSCORED,
     Calibration,
     fit_class_bias,
     fit_temperature,
@@ -173,11 +174,17 @@ def _score(predictor: Predictor, rows: list[ManifestRow], patterns: tuple[str, .
     done, unusable = 0, 0
     parts: dict[str, tuple[list[int], list[np.ndarray]]] = {p: ([], []) for p in patterns}
 
+    # where records without scores have patterns of their own, a scored pattern is fitted
+    # on the records that hold a score: the others are never answered under it
+    separate = any(p in UNSCORED.values() for p in patterns)
+
     def run(chunk: list[tuple[Any, ManifestRow, int]], names: tuple[str, ...]) -> None:
         out = predictor.run_network([(m, r) for m, r, _ in chunk], patterns=names)
         for name in names:
-            parts[name][0].extend(y for *_, y in chunk)
-            parts[name][1].append(out["log_p_by_pattern"][name])
+            keep = [i for i, (_, r, _) in enumerate(chunk)
+                    if not (separate and name in UNSCORED and has_no_scores(r))]
+            parts[name][0].extend(chunk[i][2] for i in keep)
+            parts[name][1].append(out["log_p_by_pattern"][name][keep])
 
     for names, items in passes:
         for start in range(0, len(items), batch_size):

@@ -87,8 +87,9 @@ def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str
     ``site`` is the record's index in ``sites`` (the training sites), -1 when unknown or at
     prediction time: only training reads it (back door, site adversary, balance).
     ``unscored`` also gives each sample ``text_unscored``, its summary as it reads without
-    the cognitive scores, and ``tab_scores``, where the scores sit among the record fields:
-    for :func:`drop_scores` and for calibrating answers from records without scores (one
+    the cognitive scores, ``tab_scores``, where the scores sit among the record fields, and
+    ``scored``, 0 for a record that holds none (its answers belong to the patterns without
+    scores): for :func:`drop_scores` and for calibrating answers from records without scores (one
     more summary per scored record, an LLM call with an LLM backend; only the sections
     that differ are embedded, each distinct one once).
     """
@@ -125,6 +126,7 @@ def build_samples(rows: Sequence[ClinicalRecord | None], mri_paths: Sequence[str
         if unscored:
             sample["text_unscored"] = embedded(others[i]) if others[i] else sample["text"]
             sample["tab_scores"] = scores
+            sample["scored"] = np.float32(r is None or not has_no_scores(r))
         samples.append(sample)
     return samples
 

@@ -31,6 +31,7 @@ from mediad.data.nifti import check_nifti_file
 from mediad.data.records import ManifestRow, load_manifest
 from mediad.data.splits import Splits, check_leakage, make_splits
 from mediad.engine.calibration import (
+    UNSCORED,
     Calibration,
     InputPattern,
     fit_calibration,
@@ -104,7 +105,7 @@ def predict_patterns(model: MultimodalNet, loader: DataLoader, device: torch.dev
     """:func:`predict_loader` for several input patterns in one pass, each image encoded
     once for all of them (:meth:`MultimodalNet.predict_views`)."""
     model.eval()
-    keys = ("y", "log_probs", "log_probs_mediator", "features", "index")
+    keys = ("y", "log_probs", "log_probs_mediator", "features", "index", "scored")
     parts: dict[InputPattern | None, dict[str, list[np.ndarray]]] = {
         p: {k: [] for k in keys} for p in patterns}
     for batch in loader:
@@ -120,6 +121,8 @@ def predict_patterns(model: MultimodalNet, loader: DataLoader, device: torch.dev
             if out.readout is not None:
                 parts[p]["features"].append(out.readout.float().cpu().numpy())
             parts[p]["index"].append(batch["index"].numpy())
+            if "scored" in batch:
+                parts[p]["scored"].append(batch["scored"].numpy())
     return {p: {k: np.concatenate(v) for k, v in part.items() if v}
             for p, part in parts.items()}
 
@@ -570,6 +573,17 @@ def _restricted_patterns(model: MultimodalNet, unscored: bool = False
     return [None, *patterns[1:]]
 
 
+def _answered_under(pattern: InputPattern, pred: dict[str, np.ndarray]
+                    ) -> dict[str, np.ndarray]:
+    """The predictions a pattern is fitted and scored on: a record without any score is
+    answered under a pattern of its own where there is one (its samples carry ``scored``),
+    never under the scored pattern."""
+    if pattern not in UNSCORED or "scored" not in pred:
+        return pred
+    keep = pred["scored"] > 0
+    return {k: v[keep] for k, v in pred.items()}
+
+
 def _calibrate(model: MultimodalNet, averaged: Callable[..., dict[str, np.ndarray]],
                train_eval: DataLoader, device: torch.device, unscored: bool = False
                ) -> Calibration:
@@ -579,7 +593,7 @@ def _calibrate(model: MultimodalNet, averaged: Callable[..., dict[str, np.ndarra
                               _restricted_patterns(model, unscored))
     for pattern, restricted in zip(_patterns(model, unscored),
                                    _restricted_patterns(model, unscored), strict=True):
-        val = averaged("val", pattern)
+        val = _answered_under(pattern, averaged("val", pattern))
         train = trains[restricted]
         per_pattern[pattern] = {"y": val["y"], "log_probs": val["log_probs"],
                                 "train_features": train.get("features"),
@@ -595,7 +609,7 @@ def _pattern_metrics(model: MultimodalNet, averaged: Callable[..., dict[str, np.
 
     out = {}
     for pattern in _patterns(model, unscored):
-        p = averaged("test", pattern)
+        p = _answered_under(pattern, averaged("test", pattern))
         keep = p["y"] >= 0
         if not keep.any():
             continue

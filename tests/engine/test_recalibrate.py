@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.special import log_softmax
 
-from mediad.data.records import COGNITIVE_SCORES, load_manifest
+from mediad.data.records import COGNITIVE_SCORES, has_no_scores, load_manifest
 from mediad.engine.calibration import fit_temperature
 from mediad.engine.predictor import Predictor
 from mediad.engine.recalibrate import MIN_SUBJECTS, recalibrate
@@ -64,6 +65,31 @@ def test_temperatures_are_refitted_on_the_cohort_and_the_rest_is_kept(
     again = recalibrate(out, in_distribution_cohort / "manifest.csv", out, min_subjects=10)
     assert {p: r.new_temperature for p, r in again.patterns.items()} == {
         p: r.new_temperature for p, r in result.patterns.items()}
+
+
+def test_records_without_scores_are_fitted_only_under_their_own_patterns(
+        tiny_run: Path, in_distribution_cohort: Path, tmp_path: Path) -> None:
+    """A record that holds no score is answered under the patterns without scores, so it
+    joins their fit and stays out of the scored patterns' fit."""
+    cohort = tmp_path / "cohort"
+    shutil.copytree(in_distribution_cohort, cohort)
+    table = pd.read_csv(cohort / "manifest.csv")
+    table.loc[:4, [f for f in COGNITIVE_SCORES if f in table]] = np.nan
+    table.to_csv(cohort / "manifest.csv", index=False)
+    result = recalibrate(tiny_run / "best.pt", cohort / "manifest.csv", tmp_path / "out.pt",
+                         min_subjects=10)
+    n = len(table)
+    assert {p: r.n for p, r in result.patterns.items()} == {
+        "mri+record": n - 5, "mri": n, "record": n - 5, "mri+record (no scores)": n,
+        "record (no scores)": n}
+    old = Predictor(tiny_run / "best.pt")
+    rows = load_manifest(cohort / "manifest.csv").rows
+    scored = [r for r in rows if not has_no_scores(r)]
+    assert len(scored) == n - 5
+    y = np.array([old.classes.index(r.diagnosis) for r in scored])
+    expected = fit_temperature(old.run_network([(None, r) for r in scored])["log_p"], y)
+    assert Predictor(tmp_path / "out.pt").calibration.temperature["record"] == pytest.approx(
+        expected, rel=1e-3)
 
 
 def test_a_class_bias_when_asked_for_and_predictions_use_it(

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pydantic import ValidationError
 
-from mediad.data.records import load_manifest
+from mediad.data.records import COGNITIVE_SCORES, has_no_scores, load_manifest
+from mediad.data.splits import Splits
 from mediad.engine.calibration import MIN_FIT_SUBJECTS, MIN_TEMPERATURE
 from mediad.engine.checkpoint import load_checkpoint
 from mediad.engine.config import OptimConfig, TrainConfig
@@ -381,6 +383,26 @@ def test_selection_last_keeps_the_final_epoch(tiny_cohort: Path, tmp_path: Path)
     assert all(torch.equal(v, again[k]) for k, v in best["model_state"].items())
     with pytest.raises(ValidationError, match="validate_every"):
         OptimConfig(validate_every=3)  # selection and early stopping read every epoch
+
+
+def test_records_without_scores_are_calibrated_only_under_their_own_patterns(
+        tiny_cohort: Path, tmp_path: Path) -> None:
+    """Validation records that hold no score fit the temperatures of the patterns without
+    scores, not those of the scored patterns (they are never answered under those)."""
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, cohort)
+    table = pd.read_csv(cohort / "manifest.csv")
+    table.loc[table.index % 3 == 0, [f for f in COGNITIVE_SCORES if f in table]] = np.nan
+    table.to_csv(cohort / "manifest.csv", index=False)
+    train(tiny_train_config(cohort), tmp_path / "run", show_progress=False)
+    splits = Splits.load(tmp_path / "run" / "splits.json")
+    val = [r for r in load_manifest(cohort / "manifest.csv").rows
+           if splits.split_of(r.subject_id) == "val"]
+    scored = sum(not has_no_scores(r) for r in val)
+    assert 0 < scored < len(val)
+    fitted = Predictor(tmp_path / "run" / "best.pt").calibration.n_fitted
+    assert fitted == {"mri+record": scored, "mri": len(val), "record": scored,
+                      "mri+record (no scores)": len(val), "record (no scores)": len(val)}
 
 
 def test_weight_averaging_keeps_the_mean_of_the_last_epochs(tiny_cohort: Path,
